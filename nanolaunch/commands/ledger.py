@@ -1,0 +1,156 @@
+"""`nanolaunch ledger [add]`: every run and probe with wall time, cost, val_bpb, MFU and outcome."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nanolaunch import output as out
+from nanolaunch.commands.common import JsonOpt, ModelArg, PresetOpt, resolve
+from nanolaunch.config import RunConfig
+from nanolaunch.errors import NanolaunchError
+from nanolaunch.ledger import FINISHED, Ledger
+from nanolaunch.runs import reconcile
+
+app = typer.Typer(help="The ledger of runs and probes.", invoke_without_command=True)
+
+EXPORT_COLUMNS = ("id", "project", "title", "kind", "status", "preset", "gpu", "gpu_count", "nodes", "backend",
+                  "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb",
+                  "mfu", "tokens_per_second", "step_ms", "peak_memory_gib", "steps", "device_batch", "depth",
+                  "run_dir", "wandb_url", "git_commit", "error")
+RECENT = 30
+
+
+def export_row(r: dict) -> dict:
+    config = r.get("config") or {}
+    return {**{k: r.get(k) for k in EXPORT_COLUMNS if k in r},
+            "device_batch": config.get("device_batch"), "depth": config.get("depth")}
+
+
+@app.callback()
+def ledger(
+    ctx: typer.Context,
+    project: Annotated[Optional[str], typer.Option(help="Only this project.")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help=f"Every row, not only the last {RECENT}.")] = False,
+    as_json: JsonOpt = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write every selected row to this CSV file.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table.")] = False,
+) -> None:
+    """Show the ledger: one row per run or probe, with totals per project."""
+    if ctx.invoked_subcommand:
+        return
+    db = Ledger()
+    reconcile(db)
+    rows = [export_row(r) for r in db.rows(project)]
+    if not show_all and not csv_file and not as_json:
+        rows = rows[-RECENT:]
+    if csv_file:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+        _atomic_write(csv_file, buf.getvalue())
+        out.console(stderr=True).print(f"wrote {len(rows)} rows to {csv_file}")
+        return
+    if markdown:
+        _markdown(rows)
+        return
+    out.emit(rows, as_json, _render)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _cells(r: dict) -> list[str]:
+    return [str(r["id"]), r["project"], r["title"] or "", r["kind"], _config(r), f"{r['gpu_count'] or 1}×{r['gpu']}",
+            out.num(r["val_bpb"], 3) if r["val_bpb"] is not None else "—", out.seconds(r["wall_seconds"]),
+            out.usd(r["cost_usd"]), out.pct(r["mfu"]), r["status"]]
+
+
+HEAD = ("#", "project", "title", "kind", "config", "gpu", "val_bpb", "wall", "cost", "MFU", "outcome")
+
+
+def _config(r: dict) -> str:
+    return f"d{r['depth']} b{r['device_batch']}" if r.get("depth") else (r.get("preset") or "")
+
+
+def _render(rows: list[dict]) -> None:
+    c = out.console()
+    if not rows:
+        c.print("the ledger is empty: try `nanolaunch run --preset cpu_demo --local`")
+        return
+    t = out.table(*HEAD)
+    for r in rows:
+        t.add_row(*_cells(r))
+    c.print(t)
+    totals = out.table("project", "runs", "probes", "wall", "cost", "best val_bpb", title="totals")
+    for project, s in _totals(rows).items():
+        totals.add_row(project, str(s["runs"]), str(s["probes"]), out.seconds(s["wall"]), out.usd(s["cost"]),
+                       out.num(s["best"], 3) if s["best"] is not None else "—")
+    c.print()
+    c.print(totals)
+
+
+def _totals(rows: list[dict]) -> dict:
+    by = {}
+    for r in rows:
+        s = by.setdefault(r["project"], {"runs": 0, "probes": 0, "wall": 0.0, "cost": 0.0, "best": None})
+        s["runs" if r["kind"] == "run" else "probes"] += 1
+        s["wall"] += r["wall_seconds"] or 0
+        s["cost"] += r["cost_usd"] or 0
+        if r["val_bpb"] is not None and r["kind"] == "run":
+            s["best"] = r["val_bpb"] if s["best"] is None else min(s["best"], r["val_bpb"])
+    return by
+
+
+def _markdown(rows: list[dict]) -> None:
+    print("| " + " | ".join(HEAD) + " |")
+    print("|" + "---|" * len(HEAD))
+    for r in rows:
+        print("| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |")
+
+
+@app.command("add")
+def add(
+    model: ModelArg = None,
+    preset: PresetOpt = None,
+    title: Annotated[str, typer.Option(help="What this run was.")] = "",
+    project: Annotated[str, typer.Option(help="Project it belongs to.")] = "default",
+    kind: Annotated[str, typer.Option(help="run or dry.")] = "run",
+    gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] it ran on.")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Device batch.")] = None,
+    status: Annotated[str, typer.Option(help=f"One of {', '.join(FINISHED)}.")] = "ok",
+    wall_minutes: Annotated[float, typer.Option(help="Wall time in minutes.")] = 0.0,
+    cost: Annotated[Optional[float], typer.Option(help="$ it cost.")] = None,
+    val_bpb: Annotated[Optional[float], typer.Option(help="Final val_bpb.")] = None,
+    mfu: Annotated[Optional[float], typer.Option(help="MFU as a fraction.")] = None,
+    peak_memory_gib: Annotated[Optional[float], typer.Option(help="Peak memory per GPU.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a run made elsewhere (by hand, another tool) so its cost and result count."""
+    if kind not in ("run", "dry"):
+        raise NanolaunchError(f"--kind must be run or dry, got {kind!r}")
+    if status not in FINISHED:
+        raise NanolaunchError(f"--status must be one of {', '.join(FINISHED)}, got {status!r}")
+    if wall_minutes < 0 or (cost is not None and cost < 0):
+        raise NanolaunchError("--wall-minutes and --cost must not be negative")
+    config, chosen = resolve(model, preset, gpu=gpu, device_batch=batch)
+    config: RunConfig
+    kind_name, _, count = config.gpu.partition(":")
+    now = time.time()
+    db = Ledger()
+    wall = wall_minutes * 60
+    run_id = db.add(project=project, title=title, kind=kind, preset=chosen.name if chosen else None,
+                    config=config.to_dict(), backend="external", gpu=kind_name, gpu_count=int(count or 1),
+                    nodes=config.nodes, status=status, started_at=now - wall, ended_at=now, wall_seconds=wall,
+                    cost_usd=cost, val_bpb=val_bpb, mfu=mfu, peak_memory_gib=peak_memory_gib,
+                    usd_per_hour=cost / (wall / 3600) if cost is not None and wall else None,
+                    price_source="given with ledger add")
+    out.emit(export_row(db.get(run_id)), as_json, lambda r: out.console().print(f"recorded run #{r['id']}"))

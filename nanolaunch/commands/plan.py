@@ -1,0 +1,88 @@
+"""`nanolaunch plan`: every derived number of a run before a cent is spent."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from nanolaunch import output as out
+from nanolaunch.commands.common import JsonOpt, ModelArg, PresetOpt, resolve
+from nanolaunch.planner import measured_from_preset, plan as make_plan
+
+
+def plan(
+    model: ModelArg = None,
+    preset: PresetOpt = None,
+    depth: Annotated[Optional[int], typer.Option(help="Model depth (layers).")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Train on RATIO × params tokens.")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="Train for exactly N optimizer steps.")] = None,
+    gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] per node, e.g. H100:8, or cpu.")] = None,
+    nodes: Annotated[Optional[int], typer.Option(help="Number of nodes.")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Device batch (sequences per GPU per micro-step).")] = None,
+    seq: Annotated[Optional[int], typer.Option("--seq", help="Sequence length.")] = None,
+    total_batch: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step.")] = None,
+    vocab: Annotated[Optional[int], typer.Option("--vocab", help="Vocabulary size.")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="Data shards to fetch (train + 1 validation).")] = None,
+    mfu: Annotated[Optional[float], typer.Option(help="Assume this MFU (0-1) for step time.")] = None,
+    spot: Annotated[Optional[bool], typer.Option("--spot/--on-demand", help="Price with spot instances.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print every derived number of a run: shape, FLOPs, horizon, batch, data, memory, time and cost."""
+    config, chosen = resolve(model, preset, depth=depth, ratio=ratio, iterations=iterations, gpu=gpu, nodes=nodes,
+                             device_batch=batch, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
+                             shards=shards, spot=spot)
+    measured, measured_from = measured_from_preset(chosen, config)
+    result = make_plan(config, mfu=mfu, measured=measured, measured_from=measured_from)
+    result["preset"] = chosen.name if chosen else None
+    result["config"] = config.to_dict()
+    for w in result["warnings"]:
+        out.warn(w)
+    out.emit(result, as_json, render)
+
+
+def render(p: dict) -> None:
+    c = out.console()
+    lines = []
+
+    def row(key: str, value: str, note: str = "") -> None:
+        lines.append(f"{key:<12} {value}" + (f"  [dim]· {note}[/]" if note else ""))
+
+    title = f"plan: d{p['depth']}" + (f" (preset {p['preset']})" if p["preset"] else "")
+    row("model", f"depth {p['depth']} · model_dim {p['model_dim']} · {p['n_heads']} heads × {p['head_dim']} · "
+        f"vocab {p['vocab_size']:,} · seq {p['seq_len']:,}", "")
+    row("parameters", out.num(p["params"]),
+        f"embedding {p['embedding_params']:,} + head {p['embedding_params']:,} + blocks {p['matrix_params']:,}")
+    row("FLOPs/token", out.num(p["flops_per_token"]), "6·(params − embedding) + 12·L·heads·head_dim·T")
+    row("horizon", f"{p['iterations']:,} iterations × {p['total_batch']:,} tokens",
+        f"{out.num(p['tokens'])} tokens = {p['tokens_per_param']:.1f} tokens/param")
+    row("total FLOPs", out.sci(p["total_flops"]), "")
+    row("batch", f"{p['device_batch']} × {p['seq_len']:,} × {p['world_size']} GPU × accum {p['grad_accum']}",
+        f"= {p['total_batch']:,} tokens per step")
+    if p["shards"] is not None:
+        row("data", f"{p['shards']} shards ({p['shards'] - 1} train + 1 val)",
+            f"one epoch needs {p['train_shards']} train shards at 5.0 chars/token; these repeat data above "
+            f"{p['repeat_above_chars_per_token']:.2f} chars/token")
+    m = p["memory"]
+    row("peak memory", f"{p['peak_memory_gib']:.1f} GiB of {p['gpu_memory_gib']:g} GiB: "
+        + ("[green]fits[/]" if p["fits"] else "[red]does not fit[/]"),
+        f"usable {m['usable_gib']:.1f} GiB at {m['headroom']:.0%} headroom; weights {m['weights_gib']:.2f} + grads "
+        f"{m['grads_gib']:.2f} + optimizer {m['optimizer_gib']:.2f} + activations {m['activations_gib']:.2f} + logits "
+        f"{m['logits_gib']:.2f} + overhead {m['overhead_gib']:.2f}")
+    peak = "unknown peak" if p["peak_flops"] is None else f"{p['peak_flops'] / 1e12:g} TFLOP/s bf16 × {p['world_size']}"
+    row("MFU", out.pct(p["mfu"]), f"{p['mfu_source']}; denominator {peak}")
+    row("step time", out.seconds(p["step_seconds"]), f"{p['evals']} evals take {out.seconds(p['eval_seconds'])}")
+    row("wall time", out.hours(p["wall_hours"]), "training + evaluation, excluding setup")
+    row("price", f"{out.usd(p['usd_per_hour'])}/h" + (" spot" if p["spot"] else ""), p["price_source"])
+    row("cost", f"{out.usd(p['cost_usd'])} on-demand · {out.usd(p['cost_usd_spot'])} spot", "")
+    c.print(f"[bold]{title}[/] on {p['nodes']} node(s) of {p['gpus_per_node']}×{p['gpu']} ({p['gpu_description']})")
+    for line in lines:
+        c.print(line)
+    if p.get("ranking"):
+        r = out.table("GPU", "fits", "peak mem", "wall", "$/h", "cost", "spot cost",
+                      title="GPU choices, cheapest first")
+        for g in p["ranking"]:
+            r.add_row(g["gpu"], "yes" if g["fits"] else "[red]no[/]", f"{g['peak_memory_gib']:.1f} GiB",
+                      out.hours(g["wall_hours"]), out.usd(g["usd_per_hour"]), out.usd(g["cost_usd"]),
+                      out.usd(g["cost_usd_spot"]))
+        c.print()
+        c.print(r)

@@ -1,0 +1,129 @@
+"""`nanolaunch run` and `nanolaunch dry`: a full training run, and 20-iteration probes of batch sizes."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from nanolaunch import gpus, output as out
+from nanolaunch.commands.common import JsonOpt, ModelArg, PresetOpt, resolve
+from nanolaunch.commands.ledger import export_row
+from nanolaunch.config import RunConfig
+from nanolaunch.errors import NanolaunchError
+from nanolaunch.launch import Request, derived, run_local
+from nanolaunch.planner import PlanError
+
+LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine instead of a cloud node.")]
+TitleOpt = Annotated[str, typer.Option(help="A title for the ledger.")]
+ProjectOpt = Annotated[str, typer.Option(help="Ledger project.")]
+
+
+def _backend_is_local(config: RunConfig, local: bool) -> None:
+    if not local and gpus.parse_gpu_spec(config.gpu)[0].name != gpus.CPU_NAME:
+        raise NanolaunchError("cloud launches are not wired up yet: add --local to run on this machine")
+
+
+def run(
+    model: ModelArg = None,
+    preset: PresetOpt = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Train on RATIO × params tokens.")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="Train for exactly N optimizer steps.")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Device batch.")] = None,
+    gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] per node, or cpu.")] = None,
+    title: TitleOpt = "",
+    project: ProjectOpt = "default",
+    local: LocalOpt = False,
+    max_cost: Annotated[Optional[float], typer.Option(help="Refuse, or stop the trainer, beyond this many $.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a model to the end of its horizon and record it in the ledger."""
+    config, chosen = resolve(model, preset, ratio=ratio, iterations=iterations, device_batch=batch, gpu=gpu)
+    _backend_is_local(config, local)
+    plan = derived(config, chosen)
+    if max_cost is not None and plan["cost_usd"] is not None and plan["cost_usd"] > max_cost:
+        raise NanolaunchError(f"estimated cost {out.usd(plan['cost_usd'])} exceeds --max-cost {out.usd(max_cost)} "
+                              f"({out.hours(plan['wall_hours'])} at {out.usd(plan['usd_per_hour'])}/h)")
+    row = run_local(Request("run", config, chosen, title, project, max_cost=max_cost, quiet=as_json))
+    out.emit(export_row(row), as_json, _summary)
+    if row["status"] != "ok":
+        raise typer.Exit(1)
+
+
+def _summary(r: dict) -> None:
+    c = out.console()
+    c.print(f"run #{r['id']} {r['status']}: val_bpb {out.num(r['val_bpb'], 4)} · wall {out.seconds(r['wall_seconds'])}"
+            f" · cost {out.usd(r['cost_usd'])} · MFU {out.pct(r['mfu'])} · {out.num(r['tokens_per_second'])} tok/s"
+            f" · peak {out.num(r['peak_memory_gib'], 2)} GiB")
+    if r.get("error"):
+        c.print(f"error: {r['error']}")
+    c.print(f"folder: {r['run_dir']}   (see `nanolaunch show {r['id']}`)")
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        batches = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise NanolaunchError(f"--batch takes whole numbers separated by commas, got {text!r}") from None
+    if not batches or min(batches) < 1:
+        raise NanolaunchError(f"--batch needs at least one positive batch size, got {text!r}")
+    return sorted(set(batches))
+
+
+def dry(
+    model: ModelArg = None,
+    preset: PresetOpt = None,
+    batch: Annotated[str, typer.Option("--batch", help="Device batch, or several: 8,16,32.")] = "",
+    iters: Annotated[int, typer.Option(help="Iterations per probe.")] = 20,
+    gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] per node, or cpu.")] = None,
+    memory_limit_gib: Annotated[Optional[float], typer.Option(
+        help="Cap each local probe's memory (a real allocation failure past it is an OOM).")] = None,
+    force: Annotated[bool, typer.Option(help="Probe even batches predicted not to fit.")] = False,
+    project: ProjectOpt = "default",
+    local: LocalOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Probe batch sizes for N iterations each: OOM or not, MFU, step time, peak memory."""
+    config, chosen = resolve(model, preset, gpu=gpu)
+    batches = parse_batches(batch) if batch else [config.device_batch]
+    if iters < 1:
+        raise NanolaunchError("--iters must be at least 1")
+    _backend_is_local(config, local)
+    probes, refused = [], []
+    for b in batches:  # refuse what cannot run before spending anything
+        candidate = config.replace(device_batch=b, iterations=iters, ratio=None, target_flops=None)
+        try:
+            p = derived(candidate, chosen)
+        except PlanError as e:
+            raise NanolaunchError(f"batch {b}: {e}") from None
+        limit = memory_limit_gib if memory_limit_gib is not None else p["usable_memory_gib"]
+        fits = p["peak_memory_gib"] <= limit
+        if not as_json:
+            out.console().print(f"batch {b}: predicted peak {p['peak_memory_gib']:.2f} GiB of {limit:.2f} GiB usable"
+                                f" → {'fits' if fits else 'does not fit'}; grad accum {p['grad_accum']}")
+        if fits or force:
+            probes.append((b, candidate))
+        else:
+            refused.append(b)
+    for b in refused:
+        out.warn(f"batch {b} predicted not to fit: not probed (--force probes it anyway)")
+    rows = []
+    for b, candidate in probes:
+        row = run_local(Request("dry", candidate, chosen, project=project, probe=iters,
+                                memory_limit_gib=memory_limit_gib, quiet=as_json))
+        rows.append(export_row(row) | {"grad_accum": (row["plan"] or {}).get("grad_accum")})
+    best = min((r for r in rows if r["status"] == "ok" and r["step_ms"]), key=lambda r: r["step_ms"], default=None)
+    for r in rows:
+        r["best"] = r is best
+    out.emit(rows, as_json, _profile)
+
+
+def _profile(rows: list[dict]) -> None:
+    t = out.table("config", "MFU", "step", "grad accum", "peak memory", "tokens/s", "outcome", "#",
+                  title="hardware profile")
+    for r in rows:
+        outcome = "best" if r["best"] else ("works" if r["status"] == "ok" else r["status"])
+        t.add_row(f"d{r['depth']} batch {r['device_batch']}", out.pct(r["mfu"]),
+                  f"{out.num(r['step_ms'])} ms" if r["step_ms"] else "—", str(r["grad_accum"]),
+                  f"{r['peak_memory_gib']:.2f} GiB" if r["peak_memory_gib"] else "—",
+                  out.num(r["tokens_per_second"]), outcome, str(r["id"]))
+    out.console().print(t)

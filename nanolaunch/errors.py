@@ -1,0 +1,7 @@
+"""The one exception type the CLI turns into a one-line error (exit 2)."""
+
+
+class NanolaunchError(Exception):
+    """A refusal or failure the user can act on; str() is one line that says what to do."""
+
+    exit_code = 2

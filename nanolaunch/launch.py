@@ -1,0 +1,124 @@
+"""One run or probe, start to finish: plan, ledger row, run folder, task, backend, live display, result."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from nanolaunch import gpus, output as out
+from nanolaunch.config import RunConfig
+from nanolaunch.events import RunState
+from nanolaunch.ledger import Ledger
+from nanolaunch.local import free_port, run_task
+from nanolaunch.planner import measured_from_preset, plan as make_plan
+from nanolaunch.presets import Preset, home
+from nanolaunch.runs import LOG_NAME, RESULT_NAME, git_commit, run_dir
+from nanolaunch.task import RunOptions, render, to_yaml
+
+LEDGER_UPDATE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str  # "run" or "dry"
+    config: RunConfig
+    preset: Preset | None = None
+    title: str = ""
+    project: str = "default"
+    probe: int | None = None
+    memory_limit_gib: float | None = None
+    max_cost: float | None = None
+    quiet: bool = False
+
+
+def data_dir(config: RunConfig) -> str:
+    """Shared across runs, so probes and reruns neither re-download nor retrain the tokenizer."""
+    return str(home() / "cache" / "data" / config.data_source)
+
+
+def derived(config: RunConfig, preset: Preset | None) -> dict:
+    measured, source = measured_from_preset(preset, config)
+    return make_plan(config, measured=measured, measured_from=source, rank_alternatives=False)
+
+
+def run_local(req: Request, ledger: Ledger | None = None) -> dict:
+    """Runs on this machine; returns the finished ledger row."""
+    ledger = ledger or Ledger()
+    config = req.config
+    plan = derived(config, req.preset)
+    gpu, per_node = gpus.parse_gpu_spec(config.gpu)
+    run_id = ledger.add(project=req.project, title=req.title or _default_title(req), kind=req.kind,
+                        preset=req.preset.name if req.preset else None, config=config.to_dict(), plan=plan,
+                        backend="local", gpu=gpu.name, gpu_count=per_node, nodes=1, status="running",
+                        usd_per_hour=plan["usd_per_hour"], price_source=plan["price_source"], git_commit=git_commit())
+    folder = run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    opts = RunOptions(run_dir=str(folder), data_dir=data_dir(config), probe=req.probe,
+                      memory_limit_gib=req.memory_limit_gib, max_cost=req.max_cost,
+                      price_per_hour=plan["usd_per_hour"] if req.max_cost is not None else None,
+                      master_port=free_port())
+    task = render(config, opts, name=f"nanolaunch-{run_id}")
+    (folder / "task.yaml").write_text(to_yaml(task))
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    ledger.update(run_id, run_dir=str(folder), log_path=str(folder / LOG_NAME), result_path=str(folder / RESULT_NAME))
+
+    display = _Display(run_id, req, plan, quiet=req.quiet)
+    last_write = [0.0]
+
+    def on_event(event: dict, state: RunState) -> None:
+        display.update(event, state)
+        now = time.monotonic()
+        if event["event"] == "step" and now - last_write[0] > LEDGER_UPDATE_SECONDS:
+            last_write[0] = now
+            ledger.update(run_id, steps=event["step"], mfu=event.get("mfu"),
+                          tokens_per_second=event.get("tokens_per_second"), val_bpb=state.val_bpb)
+
+    with display:
+        outcome = run_task(task, folder, gpus_per_node=per_node if gpu.name != gpus.CPU_NAME else 1,
+                           on_start=lambda pid: ledger.update(run_id, pid=pid), on_event=on_event)
+    ledger.finish(run_id, outcome.status, outcome.result)
+    return ledger.get(run_id)
+
+
+def _default_title(req: Request) -> str:
+    c = req.config
+    what = f"probe b{c.device_batch}" if req.kind == "dry" else "run"
+    return f"{req.preset.name if req.preset else f'd{c.depth}'} {what}"
+
+
+class _Display:
+    """A rich progress bar: step, loss, tokens/s, ETA. Silent with --json."""
+
+    def __init__(self, run_id: int, req: Request, plan: dict, quiet: bool):
+        self.quiet = quiet
+        self.total = req.probe or plan["iterations"]
+        self.label = f"#{run_id} {req.title or _default_title(req)}"
+        self.progress = None
+
+    def __enter__(self):
+        if not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                     console=out.console(stderr=True), transient=False)
+            self.progress.__enter__()
+            self.task = self.progress.add_task(self.label, total=self.total, info="starting")
+        return self
+
+    def update(self, event: dict, state: RunState) -> None:
+        if self.progress is None:
+            return
+        if event["event"] == "start":
+            self.progress.update(self.task, total=event.get("iterations") or self.total, info="training")
+        elif event["event"] == "step":
+            info = f"loss {event['loss']:.3f} · {out.num(event.get('tokens_per_second'))} tok/s"
+            if state.val_bpb is not None:
+                info += f" · val_bpb {state.val_bpb:.3f}"
+            self.progress.update(self.task, completed=event["step"], info=info)
+        elif event["event"] == "result":
+            self.progress.update(self.task, info=event["status"])
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)

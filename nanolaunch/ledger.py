@@ -1,0 +1,192 @@
+"""The ledger: one SQLite row per run or probe, under NANOLAUNCH_HOME.
+
+The schema is an append-only list of migrations (never edit one that shipped; add the next). WAL and a
+busy timeout let several nanolaunch processes write at once; every write is one short transaction, so a
+killed process leaves either the old row or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from nanolaunch.errors import NanolaunchError
+from nanolaunch.presets import home
+
+STATUSES = ("running", "ok", "oom", "preempted", "crashed", "over_budget", "cancelled")
+FINISHED = tuple(s for s in STATUSES if s != "running")
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("001_runs", """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            project TEXT NOT NULL DEFAULT 'default',
+            title TEXT,
+            kind TEXT NOT NULL CHECK (kind IN ('dry', 'run')),
+            preset TEXT,
+            config TEXT NOT NULL,          -- RunConfig as JSON
+            plan TEXT,                     -- the planner's numbers at launch, as JSON
+            backend TEXT NOT NULL,         -- local, sky, external
+            gpu TEXT,
+            gpu_count INTEGER,
+            nodes INTEGER,
+            status TEXT NOT NULL,
+            started_at REAL,
+            ended_at REAL,
+            wall_seconds REAL,
+            usd_per_hour REAL,
+            price_source TEXT,
+            cost_usd REAL,
+            val_bpb REAL,
+            mfu REAL,
+            tokens_per_second REAL,
+            step_ms REAL,
+            peak_memory_gib REAL,
+            steps INTEGER,
+            run_dir TEXT,
+            log_path TEXT,
+            result_path TEXT,
+            wandb_url TEXT,
+            git_commit TEXT,
+            error TEXT,
+            pid INTEGER                    -- the trainer's process, while it runs locally
+        );
+        CREATE INDEX runs_project ON runs (project, id);
+    """),
+]
+
+COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "gpu", "gpu_count", "nodes", "status",
+           "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb", "mfu",
+           "tokens_per_second", "step_ms", "peak_memory_gib", "steps", "run_dir", "log_path", "result_path",
+           "wandb_url", "git_commit", "error", "pid")
+JSON_COLUMNS = ("config", "plan")
+
+
+def default_path() -> Path:
+    return home() / "ledger.db"
+
+
+class Ledger:
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path or default_path())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA busy_timeout = 60000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise NanolaunchError(f"cannot open the ledger {self.path}: {e}") from None
+
+    def _migrate(self) -> None:
+        with self._write():
+            self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+            done = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
+            for name, sql in MIGRATIONS:
+                if name not in done:
+                    for statement in filter(str.strip, sql.split(";")):
+                        self.db.execute(statement)
+                    self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+
+    def _write(self):
+        """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so concurrent writers queue, not fail."""
+        db = self.db
+
+        class _Tx:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, kind, *_):
+                db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+        return _Tx()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def add(self, **fields) -> int:
+        fields.setdefault("started_at", time.time())
+        names, values = self._encode(fields)
+        with self._write():
+            cur = self.db.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                  values)
+        return int(cur.lastrowid)
+
+    def update(self, run_id: int, **fields) -> None:
+        if not fields:
+            return
+        names, values = self._encode(fields)
+        with self._write():
+            self.db.execute(f"UPDATE runs SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?", (*values, run_id))
+
+    def finish(self, run_id: int, status: str, result: dict | None = None, **fields) -> None:
+        """Closes a run: its status, the result record's figures, wall time and cost from its own hourly rate."""
+        if status not in FINISHED:
+            raise ValueError(f"not a finished status: {status}")
+        row = self.get(run_id)
+        ended = fields.pop("ended_at", time.time())
+        wall = fields.pop("wall_seconds", None) or ended - (row["started_at"] or ended)
+        result = result or {}
+        figures = {k: result.get(k) for k in ("val_bpb", "mfu", "tokens_per_second", "step_ms", "peak_memory_gib",
+                                                 "steps") if result.get(k) is not None}
+        if result.get("error"):
+            figures["error"] = str(result["error"])[:2000]
+        rate = row["usd_per_hour"]
+        self.update(run_id, status=status, ended_at=ended, wall_seconds=wall, pid=None,
+                    cost_usd=None if rate is None else rate * wall / 3600, **figures, **fields)
+
+    @staticmethod
+    def _encode(fields: dict) -> tuple[list[str], list]:
+        unknown = set(fields) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown ledger columns: {sorted(unknown)}")
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"unknown status {fields['status']!r}")
+        values = [json.dumps(v, default=str) if k in JSON_COLUMNS and v is not None else v for k, v in fields.items()]
+        return list(fields), values
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def get(self, run_id: int) -> dict:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NanolaunchError(f"no run #{run_id} in the ledger {self.path}; see `nanolaunch ledger --all`")
+        return _decode(row)
+
+    def rows(self, project: str | None = None) -> list[dict]:
+        if project is None:
+            cur = self.db.execute("SELECT * FROM runs ORDER BY id")
+        else:
+            cur = self.db.execute("SELECT * FROM runs WHERE project = ? ORDER BY id", (project,))
+        return [_decode(r) for r in cur]
+
+    def running(self) -> list[dict]:
+        return [_decode(r) for r in self.db.execute("SELECT * FROM runs WHERE status = 'running' ORDER BY id")]
+
+
+def _decode(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    for k in JSON_COLUMNS:
+        if d.get(k):
+            d[k] = json.loads(d[k])
+    return d
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has finished: it only waits for a parent that may be gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True

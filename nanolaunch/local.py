@@ -1,0 +1,124 @@
+"""The local backend: runs the SkyPilot task's own setup and run commands on this machine.
+
+The trainer writes to RUN_DIR/train.log (a file, not a pipe, so it outlives a killed launcher); the
+launcher follows that file through the same event parser the cloud backend uses, and keeps the ledger
+row current while it runs.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from nanolaunch.events import EXIT_STATUS, RunState
+from nanolaunch.runs import LOG_NAME, RESULT_NAME, read_result
+from nanolaunch.task import REPO, single_node_env
+
+POLL_SECONDS = 0.2
+CANCEL_GRACE_SECONDS = 60
+
+
+@dataclass
+class Outcome:
+    status: str
+    result: dict
+    state: RunState
+    returncode: int | None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def environment(task: dict, gpus_per_node: int) -> dict[str, str]:
+    env = {**os.environ, **task["envs"], **single_node_env(gpus_per_node), "PYTHONUNBUFFERED": "1"}
+    # `python` in the task means this interpreter: the one nanolaunch (and torch) is installed in.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def run_task(task: dict, run_dir: Path, *, gpus_per_node: int = 1,
+             on_start: Callable[[int], None] = lambda pid: None,
+             on_event: Callable[[dict, RunState], None] = lambda event, state: None) -> Outcome:
+    """Setup, then run, as SkyPilot would on one node. Returns when the trainer has ended."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / LOG_NAME
+    env = environment(task, gpus_per_node)
+    state = RunState()
+    with open(log_path, "ab") as log:
+        setup = subprocess.run(["bash", "-c", task["setup"]], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+    if setup.returncode:
+        return Outcome("crashed", {"status": "crashed", "error": f"setup failed (exit {setup.returncode}): "
+                                   f"{tail(log_path, 1)}"}, state, setup.returncode)
+    with open(log_path, "ab") as log:
+        # Its own session: Ctrl-C in the terminal reaches only us, and we decide how the trainer stops.
+        proc = subprocess.Popen(["bash", "-c", task["run"]], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    on_start(proc.pid)
+    cancelled = False
+    with open(log_path, "r", errors="replace") as reader:
+        buffer = ""
+        while True:
+            try:
+                chunk = reader.read()
+                if chunk:
+                    buffer += chunk
+                    *lines, buffer = buffer.split("\n")
+                    for line in lines:
+                        event = state.feed(line)
+                        if event is not None:
+                            on_event(event, state)
+                elif proc.poll() is not None:
+                    break
+                else:
+                    time.sleep(POLL_SECONDS)
+            except KeyboardInterrupt:
+                if cancelled:  # a second Ctrl-C: stop now
+                    _signal(proc, signal.SIGKILL)
+                else:
+                    cancelled = True
+                    _signal(proc, signal.SIGINT)  # the trainer checkpoints and reports `cancelled`
+                    _kill_after(proc, CANCEL_GRACE_SECONDS)
+        if buffer:
+            state.feed(buffer)
+    result = read_result(run_dir / RESULT_NAME) or state.result or {}
+    status = result.get("status") or ("cancelled" if cancelled else EXIT_STATUS.get(proc.returncode, "crashed"))
+    if status == "crashed" and not result.get("error"):
+        result = {**result, "error": f"exit {proc.returncode}: {tail(log_path, 3)}"}
+    return Outcome(status, result, state, proc.returncode)
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_after(proc: subprocess.Popen, seconds: float) -> None:
+    import threading
+
+    def later():
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            _signal(proc, signal.SIGKILL)
+
+    threading.Thread(target=later, daemon=True).start()

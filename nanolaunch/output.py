@@ -1,0 +1,73 @@
+"""The one output layer: JSON for machines, rich tables for people, one-line errors on stderr."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any, Callable
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output is read by people later (logs, docs): do not squeeze tables to 80 columns.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=None if stream.isatty() else 160)
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    """Print `data` as JSON, or hand it to `render` for people."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        render(data)
+
+
+def error(message: str) -> None:
+    console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    console(stderr=True).print(f"[yellow]warning:[/] {message}")
+
+
+def table(*columns: str, title: str | None = None):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
+    for c in columns:
+        t.add_column(c)
+    return t
+
+
+# Formatting helpers: None always reads "unknown", never a guessed number.
+def num(x: float | int | None, digits: int = 0) -> str:
+    if x is None:
+        return "unknown"
+    return f"{x:,.{digits}f}"
+
+
+def sci(x: float | None) -> str:
+    return "unknown" if x is None else f"{x:.6e}"
+
+
+def pct(x: float | None) -> str:
+    return "unknown" if x is None else f"{100 * x:.1f}%"
+
+
+def usd(x: float | None) -> str:
+    return "unknown" if x is None else f"${x:,.2f}"
+
+
+def hours(h: float | None) -> str:
+    if h is None:
+        return "unknown"
+    if h < 1:
+        return f"{h * 60:.1f} min"
+    return f"{h:.2f} h" if h < 48 else f"{h:.1f} h ({h / 24:.1f} days)"
+
+
+def seconds(s: float | None) -> str:
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return "unknown"
+    return f"{s * 1000:,.0f} ms" if s < 10 else hours(s / 3600)

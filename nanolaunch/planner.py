@@ -1,0 +1,179 @@
+"""The planner: every derived number of a run before a cent is spent.
+
+Pure arithmetic over RunConfig, the GPU table, the memory model and a price offer. It never imports torch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nanolaunch import gpus, memory, prices
+from nanolaunch.config import RunConfig
+from nanolaunch.errors import NanolaunchError
+from trainer.arithmetic import ShapeError, grad_accum_steps, iterations_for
+
+SHARD_CHARS = 250_000_000  # characters per FineWeb-EDU shard (DESIGN.md §3)
+CHARS_PER_TOKEN_RANGE = (3.5, 5.0)  # for this data; the top is the worst case for shard counts
+HF_SHARDS = 1823
+
+# MFU assumed when nothing better is known, per GPU kind, with where the figure comes from.
+DEFAULT_MFU = {
+    "A100": (0.55, "seed record: nanochat d10 on A100-SXM4-40GB"),
+    "A100-80GB": (0.55, "seed record of the A100-40GB (same chip)"),
+    "H100": (0.47, "seed record: nanochat d34 on 8×H100"),
+    "H200": (0.47, "seed record of the H100 (same peak)"),
+}
+FALLBACK_MFU = 0.40
+
+
+class PlanError(NanolaunchError):
+    pass
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Achieved FLOP/s per device and where the figure came from; mfu is None where the peak is unknown."""
+    flops_per_second: float | None
+    mfu: float | None
+    source: str
+
+
+def throughput(config: RunConfig, gpu: gpus.GPU, mfu: float | None = None, measured: dict | None = None,
+               measured_from: str = "") -> Throughput:
+    """--mfu beats a measured run of the same GPU kind, which beats the default for the kind."""
+    if mfu is not None:
+        if not 0 < mfu <= 1:
+            raise PlanError(f"--mfu must be a fraction in (0, 1], got {mfu}")
+        return Throughput(_flops(mfu, gpu), mfu, "given with --mfu")
+    measured = measured or {}
+    if measured.get("mfu") and gpu.peak_flops:
+        return Throughput(_flops(measured["mfu"], gpu), measured["mfu"], f"measured ({measured_from})")
+    if measured.get("tokens_per_second") and measured.get("flops_per_token"):
+        # A measured rate on a device without a known peak (a CPU): reuse its FLOP/s, scaled by nothing else.
+        per_device = measured["tokens_per_second"] * measured["flops_per_token"] / measured.get("devices", 1)
+        mfu_now = per_device / gpu.peak_flops if gpu.peak_flops else None
+        return Throughput(per_device, mfu_now, f"measured tokens/s ({measured_from})")
+    if gpu.peak_flops is None:
+        return Throughput(None, None, f"unknown: no peak FLOP/s for {gpu.name} and no measured run; pass --mfu "
+                                      "or probe with `nanolaunch dry`")
+    value, source = DEFAULT_MFU.get(gpu.name, (FALLBACK_MFU, f"assumed; no measurement for {gpu.name}, pass --mfu"))
+    return Throughput(_flops(value, gpu), value, source)
+
+
+def _flops(mfu: float, gpu: gpus.GPU) -> float | None:
+    return mfu * gpu.peak_flops if gpu.peak_flops else None
+
+
+def count_evals(iterations: int, eval_every: int) -> int:
+    """Evaluations at step 0, every eval_every steps, and at the last step (as nanochat does)."""
+    return iterations // eval_every + 1 + (1 if iterations % eval_every else 0)
+
+
+def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None = None, measured_from: str = "",
+         rank_alternatives: bool = True) -> dict:
+    gpu, per_node = gpus.parse_gpu_spec(config.gpu)
+    shape = config.shape
+    world = per_node * config.nodes
+    try:
+        grad_accum = grad_accum_steps(config.total_batch, config.device_batch, config.seq_len, world)
+        iterations = iterations_for(shape.params, config.total_batch, flops_per_token=shape.flops_per_token,
+                                    **config.horizon)
+    except ShapeError as e:
+        raise PlanError(str(e)) from None
+    tokens = iterations * config.total_batch
+    warnings = []
+    if config.device_batch & (config.device_batch - 1):
+        warnings.append(f"device batch {config.device_batch} is not a power of two; kernels are usually slower")
+
+    local = gpu.name == gpus.CPU_NAME
+    mem = memory.estimate(shape, config.device_batch, gpu.memory_gib, "cpu" if local else "cuda")
+    tput = throughput(config, gpu, mfu, measured, measured_from)
+
+    step_s = train_s = eval_s = wall_h = None
+    n_evals = count_evals(iterations, config.eval_every)
+    if tput.flops_per_second:
+        cluster_flops = tput.flops_per_second * world
+        step_s = config.total_batch * shape.flops_per_token / cluster_flops
+        train_s = step_s * iterations
+        eval_s = n_evals * config.eval_tokens * shape.flops_per_token / 3 / cluster_flops  # forward only: 1/3
+        wall_h = (train_s + eval_s) / 3600
+
+    if local:
+        rate, price_source = prices.local_rate()
+        on_demand_rate, spot_rate = rate, None
+    else:
+        offer, spot_offer = prices.cheapest(gpu.name, per_node)
+        on_demand_rate = offer.usd_per_hour * config.nodes if offer else None
+        spot_rate = spot_offer.spot_usd_per_hour * config.nodes if spot_offer else None
+        price_source = (f"{offer.label}, {offer.source}" if offer
+                        else f"no price for {per_node}×{gpu.name} in one node in {prices.SNAPSHOT.name}")
+    rate = spot_rate if config.spot and spot_rate else on_demand_rate
+
+    data = _data_plan(config, tokens)
+    result = {
+        **shape.as_dict(),
+        "gpu": gpu.name, "gpu_description": gpu.description, "gpus_per_node": per_node, "nodes": config.nodes,
+        "world_size": world, "total_batch": config.total_batch, "device_batch": config.device_batch,
+        "grad_accum": grad_accum, "iterations": iterations, "tokens": tokens,
+        "tokens_per_param": tokens / shape.params, "total_flops": float(shape.flops_per_token) * tokens,
+        **data,
+        "peak_memory_gib": mem.total_gib, "gpu_memory_gib": gpu.memory_gib, "usable_memory_gib": mem.usable_gib,
+        "fits": mem.fits, "memory": mem.as_dict(),
+        "peak_flops": gpu.peak_flops, "mfu": tput.mfu, "mfu_source": tput.source,
+        "step_seconds": step_s, "evals": n_evals, "eval_seconds": eval_s, "train_seconds": train_s,
+        "wall_hours": wall_h, "spot": config.spot, "usd_per_hour": rate, "price_source": price_source,
+        "usd_per_hour_on_demand": on_demand_rate, "usd_per_hour_spot": spot_rate,
+        "cost_usd": _cost(wall_h, on_demand_rate), "cost_usd_spot": _cost(wall_h, spot_rate),
+        "warnings": warnings,
+    }
+    if rank_alternatives and not local:
+        result["ranking"] = rank_gpus(config, mfu=mfu)
+    return result
+
+
+def _cost(wall_hours: float | None, rate: float | None) -> float | None:
+    return None if wall_hours is None or rate is None else wall_hours * rate
+
+
+def _data_plan(config: RunConfig, tokens: int) -> dict:
+    """Train shards one epoch needs at the worst characters/token, and when given shards would repeat data."""
+    if config.data_source != "hf":
+        return {"train_shards": None, "shards": None, "repeat_above_chars_per_token": None}
+    worst = CHARS_PER_TOKEN_RANGE[1]
+    train_needed = math.ceil(tokens * worst / SHARD_CHARS)
+    shards = config.shards if config.shards is not None else train_needed + 1
+    if shards > HF_SHARDS:
+        raise PlanError(f"the run needs {shards} shards, more than the {HF_SHARDS} the dataset has; "
+                        "lower the ratio or iterations")
+    return {"train_shards": train_needed, "shards": shards,
+            "repeat_above_chars_per_token": (shards - 1) * SHARD_CHARS / tokens}
+
+
+def rank_gpus(config: RunConfig, *, mfu: float | None = None, top: int = 5) -> list[dict]:
+    """The same run on each priced GPU kind, same GPUs per node and nodes, cheapest first."""
+    _, per_node = gpus.parse_gpu_spec(config.gpu)
+    rows = []
+    for name in gpus.GPUS:
+        try:
+            p = plan(config.replace(gpu=f"{name}:{per_node}"), mfu=mfu, rank_alternatives=False)
+        except NanolaunchError:
+            continue
+        if p["usd_per_hour_on_demand"] is None or p["cost_usd"] is None:
+            continue
+        rows.append({"gpu": f"{name}:{per_node}", "fits": p["fits"], "peak_memory_gib": p["peak_memory_gib"],
+                     "wall_hours": p["wall_hours"], "usd_per_hour": p["usd_per_hour_on_demand"],
+                     "cost_usd": p["cost_usd"], "cost_usd_spot": p["cost_usd_spot"], "mfu": p["mfu"]})
+    rows.sort(key=lambda r: (not r["fits"], r["cost_usd"]))
+    return rows[:top]
+
+
+def measured_from_preset(preset, config: RunConfig) -> tuple[dict | None, str]:
+    """A preset's measured results, usable when the plan runs on the same GPU kind the preset measured."""
+    if preset is None or not preset.results:
+        return None, ""
+    if preset.config.gpu.split(":")[0].upper() != config.gpu.split(":")[0].upper():
+        return None, ""
+    devices = gpus.parse_gpu_spec(preset.config.gpu)[1] * preset.config.nodes
+    measured = {"mfu": preset.results.get("mfu"), "tokens_per_second": preset.results.get("tokens_per_second"),
+                "flops_per_token": preset.config.shape.flops_per_token, "devices": devices}
+    return measured, f"preset {preset.name}: {preset.provenance.get('source', 'no source given')}"

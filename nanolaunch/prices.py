@@ -1,0 +1,119 @@
+"""GPU node prices: SkyPilot's own cached catalog when this machine has one, else the shipped snapshot.
+
+Every price carries its source, which the plan prints and the ledger stores with the run.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from nanolaunch.errors import NanolaunchError
+
+SNAPSHOT = Path(__file__).parent / "data" / "prices.csv"
+LOCAL_RATE_ENV = "NANOLAUNCH_LOCAL_USD_PER_HOUR"
+SKY_CATALOG_VERSION = "v8"  # sky/skylet/constants.py CATALOG_SCHEMA_VERSION in SkyPilot 0.14
+
+
+@dataclass(frozen=True)
+class Offer:
+    cloud: str
+    instance_type: str
+    accelerator: str
+    count: int
+    region: str
+    usd_per_hour: float
+    spot_usd_per_hour: float | None
+    source: str
+    spot_region: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.cloud} {self.instance_type} ({self.region})"
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value and value > 0 else None
+
+
+@lru_cache(maxsize=1)
+def snapshot_header() -> dict:
+    """The '# key: value' lines at the top of the snapshot (source, commit, date)."""
+    header = {}
+    for line in SNAPSHOT.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        key, _, value = line.lstrip("# ").partition(":")
+        if value:
+            header[key.strip().lower()] = value.strip()
+    return header
+
+
+@lru_cache(maxsize=1)
+def _snapshot_offers() -> tuple[Offer, ...]:
+    date = snapshot_header().get("snapshot date", "undated")
+    rows = csv.DictReader(line for line in SNAPSHOT.read_text().splitlines() if not line.startswith("#"))
+    offers = []
+    for r in rows:
+        price = _float(r["usd_per_hour"])
+        if price is None:
+            continue
+        offers.append(Offer(r["cloud"], r["instance_type"], r["accelerator"], int(r["accelerator_count"]),
+                            r["region"], price, _float(r["spot_usd_per_hour"]),
+                            f"nanolaunch snapshot of skypilot-catalog, {date}", r.get("spot_region") or r["region"]))
+    return tuple(offers)
+
+
+def sky_catalog_dir() -> Path:
+    """Where SkyPilot 0.14 caches its catalog: $SKY_RUNTIME_DIR (default ~)/.sky/catalogs/v8."""
+    runtime = os.environ.get("SKY_RUNTIME_DIR") or str(Path.home())
+    return Path(runtime) / ".sky" / "catalogs" / SKY_CATALOG_VERSION
+
+
+def _skypilot_cache_offers() -> tuple[Offer, ...]:
+    """Whole-node rows of SkyPilot's downloaded catalogs (<catalog dir>/<cloud>/vms.csv), if any."""
+    offers = []
+    for vms in sorted(sky_catalog_dir().glob("*/vms.csv")):
+        with vms.open(newline="") as f:
+            for r in csv.DictReader(f):
+                price, name, instance = _float(r.get("Price")), r.get("AcceleratorName"), r.get("InstanceType")
+                count = _float(r.get("AcceleratorCount"))
+                # GCP lists GPUs as rows without an instance type (priced apart from the VM): not a node price.
+                if price is None or not name or not instance or count is None or count != int(count):
+                    continue
+                if name == "H100" and "pcie" in instance.lower():  # SkyPilot names PCIe H100s plain H100
+                    name = "H100-PCIe"
+                offers.append(Offer(vms.parent.name, instance, name, int(count), r.get("Region", ""),
+                                    price, _float(r.get("SpotPrice")), f"SkyPilot catalog cache {vms}",
+                                    r.get("Region", "")))
+    return tuple(offers)
+
+
+def offers() -> tuple[Offer, ...]:
+    return _skypilot_cache_offers() or _snapshot_offers()
+
+
+def cheapest(accelerator: str, count: int) -> tuple[Offer | None, Offer | None]:
+    """(cheapest on-demand offer, cheapest spot offer) for `count` accelerators in one node."""
+    matching = [o for o in offers() if o.accelerator.upper() == accelerator.upper() and o.count == count]
+    on_demand = min(matching, key=lambda o: o.usd_per_hour, default=None)
+    spot = min((o for o in matching if o.spot_usd_per_hour), key=lambda o: o.spot_usd_per_hour, default=None)
+    return on_demand, spot
+
+
+def local_rate() -> tuple[float, str]:
+    """This machine's hourly rate for local runs: 0 unless the user sets one."""
+    text = os.environ.get(LOCAL_RATE_ENV, "0")
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1
+    if rate < 0:
+        raise NanolaunchError(f"{LOCAL_RATE_ENV} must be a non-negative number of dollars, got {text!r}")
+    return rate, f"local rate ({LOCAL_RATE_ENV}={text})"

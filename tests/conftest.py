@@ -1,0 +1,20 @@
+"""Shared, session-scoped fixtures: a tiny real corpus (stdlib text) and a tokenizer trained on it."""
+from pathlib import Path
+
+import pytest
+
+from trainer.data import build_stdlib_corpus, iter_documents, split_shards
+from trainer.tokenizer import Tokenizer, train_tokenizer
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> list[Path]:
+    """4 parquet shards, ~2M characters, row groups of 32 documents (9 train row groups, 3 val)."""
+    return build_stdlib_corpus(tmp_path_factory.mktemp("corpus"), n_shards=4, docs_per_row_group=32,
+                               max_chars=2_000_000)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpus) -> Tokenizer:
+    train, _ = split_shards(corpus)
+    return train_tokenizer(iter_documents(train), 1024)

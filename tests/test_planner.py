@@ -1,0 +1,98 @@
+"""The planner's numbers against DESIGN.md §3 and the seed record."""
+import math
+
+import pytest
+
+from nanolaunch import memory, planner
+from nanolaunch.config import ConfigError, RunConfig
+from nanolaunch.presets import load
+from trainer.arithmetic import ModelShape
+
+
+def test_d10_reference_figures():
+    p = planner.plan(RunConfig(depth=10, ratio=20, gpu="A100:1"))
+    assert p["params"] == 133_038_080
+    assert p["flops_per_token"] == 703_856_640
+    assert p["iterations"] == 5075
+    assert p["tokens"] == 2_660_761_600
+    assert p["total_flops"] == pytest.approx(1.872795e18, rel=1e-6)
+    assert (p["model_dim"], p["n_heads"], p["head_dim"]) == (640, 5, 128)
+
+
+def test_batch_that_does_not_divide_is_refused_with_the_arithmetic():
+    config = load("a100_d10").config.replace(device_batch=48)
+    with pytest.raises(planner.PlanError, match=r"5\.33") as e:
+        planner.plan(config)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("batch, fits", [(16, True), (32, True), (64, False)])
+def test_seed_record_memory_outcomes(batch, fits):
+    p = planner.plan(load("a100_d10").config.replace(device_batch=batch))
+    assert p["fits"] is fits
+
+
+@pytest.mark.parametrize("batch, measured_gib", [(16, 11.6), (32, 21.2)])
+def test_memory_model_close_to_the_seed_measurements(batch, measured_gib):
+    est = memory.estimate(ModelShape(10), batch, 40)
+    assert est.total_gib == pytest.approx(measured_gib, rel=0.05)
+
+
+def test_seed_wall_time_and_cost_from_its_measured_mfu():
+    preset = load("a100_d10")
+    measured, source = planner.measured_from_preset(preset, preset.config)
+    p = planner.plan(preset.config, measured=measured, measured_from=source)
+    assert p["mfu"] == 0.55 and "a100_d10" in p["mfu_source"]
+    assert p["wall_hours"] * 60 == pytest.approx(60.7, rel=0.05)  # the seed run took 60.7 min
+    assert p["grad_accum"] == 8 and p["evals"] == 7
+
+
+def test_shards_for_the_seed_record():
+    # 1,500 × 524,288 tokens: 14 shards (13 train) risk a second epoch, 18 (17 train) do not at 5 chars/token
+    base = load("a100_d10").config
+    assert planner.plan(base.replace(shards=14))["repeat_above_chars_per_token"] < 5.0
+    assert planner.plan(base.replace(shards=18))["repeat_above_chars_per_token"] > 5.0
+    assert planner.plan(base.replace(shards=None))["train_shards"] == math.ceil(1500 * 524_288 * 5 / 250e6)
+
+
+def test_d34_long_run_matches_its_record():
+    preset = load("h100x8_d34")
+    measured, source = planner.measured_from_preset(preset, preset.config)
+    p = planner.plan(preset.config, measured=measured, measured_from=source)
+    assert p["grad_accum"] == 8 and p["world_size"] == 8
+    assert 80 < p["wall_hours"] < 110  # the record: about 100 hours at 47% MFU
+    assert p["fits"]
+
+
+def test_multi_node_world_size_and_price_scale():
+    one = planner.plan(RunConfig(depth=20, gpu="H100:8", device_batch=16))
+    two = planner.plan(RunConfig(depth=20, gpu="H100:8", device_batch=16, nodes=2))
+    assert two["world_size"] == 16 and two["grad_accum"] == one["grad_accum"] / 2
+    assert two["usd_per_hour"] == pytest.approx(2 * one["usd_per_hour"])
+    assert two["wall_hours"] == pytest.approx(one["wall_hours"] / 2)
+
+
+def test_unknown_peak_means_unknown_mfu_never_a_guess():
+    p = planner.plan(RunConfig(depth=2, gpu="cpu", device_batch=1, seq_len=64, total_batch=64, iterations=5))
+    assert p["mfu"] is None and p["step_seconds"] is None and p["wall_hours"] is None
+    assert "unknown" in p["mfu_source"]
+
+
+def test_explicit_mfu_is_used_and_named():
+    p = planner.plan(RunConfig(depth=12, gpu="L40S:1", device_batch=8), mfu=0.3)
+    assert p["mfu"] == 0.3 and p["mfu_source"] == "given with --mfu"
+
+
+def test_ranking_is_sorted_fitting_first_then_by_cost():
+    ranking = planner.plan(RunConfig(depth=20, gpu="H100:8", device_batch=16))["ranking"]
+    assert ranking
+    keys = [(not r["fits"], r["cost_usd"]) for r in ranking]
+    assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("bad", [{"depth": 0}, {"depth": 5}, {"depth": 4, "gpu": "H100:x"},
+                                 {"depth": 4, "ratio": 2, "iterations": 3}, {"depth": 4, "device_batch": "8"},
+                                 {"depth": 4, "shards": 1}, {"depth": True}])
+def test_bad_configs_are_refused_at_construction(bad):
+    with pytest.raises(ConfigError):
+        RunConfig(**bad)

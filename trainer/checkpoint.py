@@ -1,0 +1,137 @@
+"""Checkpoints that are complete or invisible.
+
+RUN_DIR/checkpoints/step_000500/
+    model.pt    model state_dict (fp32)
+    optim.pt    [AdamW, Muon] state_dicts (replicated: the same on every rank)
+    ranks.pt    per rank: data-loader position and RNG states, indexed by rank
+    state.json  loop state: step, horizon, last val_bpb, wall seconds so far, shape and config
+    COMPLETE    written last: step and the size of every file above
+
+A checkpoint is written into RUN_DIR/checkpoints/.tmp-step_000500-PID, every file fsynced, COMPLETE
+written and fsynced, then the directory is renamed to step_000500 (and the parent fsynced). A write that
+is killed leaves a .tmp-* directory (or, never, a step_* without COMPLETE); resume ignores both and the
+next run sweeps the temp directories. Older complete checkpoints are rotated away.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+DIRNAME = "checkpoints"
+MARKER = "COMPLETE"
+FILES = ("model.pt", "optim.pt", "ranks.pt", "state.json")
+_STEP = re.compile(r"^step_(\d{6,})$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def root(run_dir) -> Path:
+    return Path(run_dir) / DIRNAME
+
+
+def is_complete(path: Path) -> bool:
+    """A step_* directory whose COMPLETE marker lists files that are all there with their sizes."""
+    if not _STEP.match(path.name) or not (path / MARKER).is_file():
+        return False
+    try:
+        sizes = json.loads((path / MARKER).read_text())["sizes"]
+        return all((path / name).is_file() and (path / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def complete_checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    base = root(run_dir)
+    if not base.is_dir():
+        return []
+    found = [p for p in base.iterdir() if p.is_dir() and is_complete(p)]
+    return sorted(found, key=lambda p: int(_STEP.match(p.name).group(1)))
+
+
+def latest(run_dir) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def step_of(path: Path) -> int:
+    return int(_STEP.match(Path(path).name).group(1))
+
+
+def sweep(run_dir) -> list[Path]:
+    """Remove what killed writes left behind (temp dirs, step_* without a valid marker)."""
+    base = root(run_dir)
+    removed = []
+    if base.is_dir():
+        for p in base.iterdir():
+            if p.is_dir() and (p.name.startswith(".tmp-") or (_STEP.match(p.name) and not is_complete(p))):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def save(run_dir, step: int, *, model_state: dict, optim_states: list, rank_states: list, state: dict,
+         keep: int = 2) -> Path:
+    """Write checkpoint `step` atomically (see module doc) and keep only the newest `keep` (0: all)."""
+    base = root(run_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    final = base / f"step_{step:06d}"
+    if is_complete(final):
+        return final  # the same step again (e.g. a resumed run that ends where it started)
+    tmp = base / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _write(tmp / "model.pt", lambda f: torch.save(model_state, f))
+    _write(tmp / "optim.pt", lambda f: torch.save(optim_states, f))
+    _write(tmp / "ranks.pt", lambda f: torch.save(rank_states, f))
+    _write(tmp / "state.json", lambda f: f.write(json.dumps(state, indent=1).encode()))
+    sizes = {name: (tmp / name).stat().st_size for name in FILES}
+    _write(tmp / MARKER, lambda f: f.write(json.dumps({"step": step, "sizes": sizes}).encode()))
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)  # an incomplete leftover of the same name
+    os.rename(tmp, final)
+    _fsync_dir(base)
+    if keep > 0:
+        for old in complete_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load(path: Path, rank: int) -> dict:
+    """Everything one rank needs: model, optimizers, its own loader/RNG state and the loop state."""
+    path = Path(path)
+    if not is_complete(path):
+        raise CheckpointError(f"{path} is not a complete checkpoint")
+    ranks = torch.load(path / "ranks.pt", map_location="cpu", weights_only=False)
+    if rank >= len(ranks):
+        raise CheckpointError(f"{path} was written by {len(ranks)} ranks; this is rank {rank}")
+    return {
+        "model": torch.load(path / "model.pt", map_location="cpu", weights_only=True),
+        "optim": torch.load(path / "optim.pt", map_location="cpu", weights_only=False),
+        "rank": ranks[rank],
+        "world_size": len(ranks),
+        "state": json.loads((path / "state.json").read_text()),
+    }
