@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -50,7 +51,8 @@ def run_local(req: Request, ledger: Ledger | None = None) -> dict:
     run_id = ledger.add(project=req.project, title=req.title or _default_title(req), kind=req.kind,
                         preset=req.preset.name if req.preset else None, config=config.to_dict(), plan=plan,
                         backend="local", gpu=gpu.name, gpu_count=per_node, nodes=1, status="running",
-                        usd_per_hour=plan["usd_per_hour"], price_source=plan["price_source"], git_commit=git_commit())
+                        usd_per_hour=plan["usd_per_hour"], price_source=plan["price_source"], git_commit=git_commit(),
+                        pid=os.getpid())  # ours until the trainer starts: a live pid keeps reconcile away
     folder = run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     opts = RunOptions(run_dir=str(folder), data_dir=data_dir(config), probe=req.probe,

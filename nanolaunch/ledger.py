@@ -51,7 +51,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             wandb_url TEXT,
             git_commit TEXT,
             error TEXT,
-            pid INTEGER                    -- the trainer's process, while it runs locally
+            pid INTEGER                    -- the launcher's, then the trainer's process, while it runs locally
         );
         CREATE INDEX runs_project ON runs (project, id);
     """),

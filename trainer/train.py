@@ -671,6 +671,8 @@ def reduce_peak_memory(run: Run, record: dict) -> None:
 
 
 def main(argv=None) -> int:
+    # OpenMP threads that spin while waiting collapse (100x) when the CPU is shared; wait passively.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         args = parse_args(argv)
     except UsageError as e:

@@ -1,0 +1,163 @@
+"""The model, the optimizers and the schedules, in-process (no training runs here)."""
+import math
+
+import pytest
+import torch
+
+from trainer.arithmetic import ModelShape
+from trainer.common import SyntheticLoader, is_oom, peak_flops
+from trainer.gpt import GPT, SOFTCAP
+from trainer.optim import (Muon, build_optimizers, dmodel_lr_scale, lr_multiplier, muon_momentum,
+                           newton_schulz)
+
+torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize("depth,vocab,seq,head_dim", [(1, 256, 32, 64), (2, 1024, 64, 32), (3, 300, 16, 64),
+                                                      (4, 65536, 2048, 128), (12, 65536, 2048, 128)])
+def test_parameter_count_is_the_arithmetic(depth, vocab, seq, head_dim):
+    shape = ModelShape(depth, vocab, seq, head_dim)
+    with torch.device("meta"):
+        model = GPT(shape)
+    assert sum(p.numel() for p in model.parameters()) == shape.params
+    groups = model.param_groups()
+    assert sum(p.numel() for p in groups["matrix"]) == shape.matrix_params
+    assert sum(p.numel() for p in groups["embedding"]) == shape.embedding_params
+    assert sum(p.numel() for p in groups["head"]) == shape.head_params
+    attn = model.blocks[0].attn
+    assert (attn.n_head, attn.head_dim) == (shape.n_head, shape.actual_head_dim)
+    assert all(not hasattr(m, "bias") or m.bias is None for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert model.wte.weight.data_ptr() != model.lm_head.weight.data_ptr() or str(model.wte.weight.device) == "meta"
+
+
+def tiny(fused=False, seed=0):
+    torch.manual_seed(seed)
+    model = GPT(ModelShape(2, 512, 64, 64), fused_loss=fused)
+    model.init_weights()
+    torch.nn.init.normal_(model.lm_head.weight, std=0.3)  # zero at init: give the head something to do
+    for b in model.blocks:
+        torch.nn.init.normal_(b.attn.c_proj.weight, std=0.05)
+        torch.nn.init.normal_(b.mlp.c_proj.weight, std=0.05)
+    return model
+
+
+def test_initial_loss_is_uniform():
+    torch.manual_seed(0)
+    model = GPT(ModelShape(2, 512, 64, 64))
+    model.init_weights()
+    x = torch.randint(0, 512, (2, 64))
+    assert model(x, x).item() == pytest.approx(math.log(512), abs=1e-5)  # zero head: uniform prediction
+
+
+def test_logits_are_soft_capped_and_causal():
+    model = tiny()
+    torch.nn.init.normal_(model.lm_head.weight, std=50.0)
+    x = torch.randint(0, 512, (2, 64))
+    logits = model(x)
+    assert logits.dtype == torch.float32 and logits.shape == (2, 64, 512)
+    assert logits.abs().max().item() <= SOFTCAP
+    x2 = x.clone()
+    x2[:, 40:] = (x2[:, 40:] + 1) % 512
+    assert torch.equal(model(x2)[:, :40], logits[:, :40])  # no position sees the future
+
+
+def test_fused_loss_matches_plain_loss_and_gradients():
+    plain, fused = tiny(), tiny(fused=True)
+    x, y = torch.randint(0, 512, (3, 64)), torch.randint(0, 512, (3, 64))
+    y[0, :7] = -1  # ignored targets
+    lp, lf = plain(x, y), fused(x, y)
+    assert lf.item() == pytest.approx(lp.item(), rel=1e-6)
+    lp.backward()
+    lf.backward()
+    for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+    per_tok_p, per_tok_f = plain(x, y, reduction="none"), fused(x, y, reduction="none")
+    assert per_tok_f.shape == (3 * 64,)
+    assert torch.allclose(per_tok_p, per_tok_f, atol=1e-5)
+    assert per_tok_f[:7].abs().max().item() == 0.0
+    assert fused(x, y, reduction="sum").item() == pytest.approx(per_tok_p.sum().item(), rel=1e-5)
+
+
+def test_fused_loss_under_bf16_autocast_is_close():
+    plain, fused = tiny(), tiny(fused=True)
+    x, y = torch.randint(0, 512, (2, 64)), torch.randint(0, 512, (2, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp, lf = plain(x, y), fused(x, y)
+    assert lf.item() == pytest.approx(lp.item(), rel=2e-2)
+    lf.backward()
+    assert all(torch.isfinite(p.grad).all() for p in fused.parameters())
+
+
+def test_newton_schulz_orthogonalises():
+    torch.manual_seed(0)
+    for shape in [(64, 64), (256, 64), (64, 256), (3, 32, 128)]:
+        out = newton_schulz(torch.randn(*shape)).float()
+        assert out.shape == torch.Size(shape)
+        s = torch.linalg.svdvals(out)
+        inside = ((s > 0.5) & (s < 1.5)).float().mean()  # near-zero ones of a random square matrix lag
+        assert s.max() < 1.6 and inside > 0.9, (shape, s.min(), s.max(), inside)
+
+
+def test_optimizers_groups_and_lrs():
+    model = tiny()
+    adam, muon = build_optimizers(model, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, device_type="cpu")
+    scale = dmodel_lr_scale(128)
+    assert scale == pytest.approx((128 / 768) ** -0.5)
+    assert [g["lr"] for g in adam.param_groups] == pytest.approx([0.004 * scale, 0.2 * scale])
+    assert adam.defaults["betas"] == (0.8, 0.95)
+    assert isinstance(muon, Muon)
+    assert sum(len(g["params"]) for g in muon.param_groups) == 2 * 6  # q k v o fc proj per block
+    x = torch.randint(0, 512, (2, 64))
+    before = [p.detach().clone() for p in model.parameters()]
+    model(x, x).backward()
+    for opt in (adam, muon):
+        opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_lr_schedule_and_muon_momentum():
+    n = 100
+    assert [lr_multiplier(s, n, 0.0, 0.2, 0.0) for s in (0, 50, 80)] == [1.0, 1.0, 1.0]
+    assert lr_multiplier(90, n, 0.0, 0.2, 0.0) == pytest.approx(0.5)
+    assert lr_multiplier(90, n, 0.0, 0.2, 0.1) == pytest.approx(0.55)
+    assert lr_multiplier(99, n, 0.0, 0.2, 0.0) == pytest.approx(0.05)
+    assert [lr_multiplier(s, n, 0.1, 0.2, 0.0) for s in (0, 4, 9, 10)] == pytest.approx([0.1, 0.5, 1.0, 1.0])
+    assert lr_multiplier(0, 1, 0.0, 0.2, 0.0) == 1.0  # warmdown rounds to 0 steps
+    assert muon_momentum(0) == pytest.approx(0.85)
+    assert muon_momentum(150) == pytest.approx(0.90)
+    assert muon_momentum(300) == muon_momentum(10_000) == pytest.approx(0.95)
+
+
+def test_peak_flops_table_and_unknowns():
+    assert peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+    assert peak_flops("NVIDIA A100 80GB PCIe") == 312e12
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("NVIDIA L40S") == 362e12
+    assert peak_flops("NVIDIA GeForce RTX 5090") == 209.5e12
+    assert peak_flops("NVIDIA GeForce RTX 4090") == 165.2e12
+    assert peak_flops("NVIDIA H100 NVL") is None
+    assert peak_flops("Tesla T4") is None and peak_flops("x86_64") is None
+
+
+def test_oom_detection():
+    assert is_oom(MemoryError())
+    assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"))
+    assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+    assert not is_oom(ValueError("out of memory"))
+
+
+def test_synthetic_batches_are_global():
+    """1 rank × 2 micro-steps sees the same batches as 2 ranks × 1 micro-step."""
+    one = SyntheticLoader(100, 2, 8, grad_accum=2)
+    r0 = SyntheticLoader(100, 2, 8, rank=0, world_size=2, grad_accum=1)
+    r1 = SyntheticLoader(100, 2, 8, rank=1, world_size=2, grad_accum=1)
+    for _ in range(3):
+        a, b = one.next_batch(), one.next_batch()
+        assert torch.equal(a[0], r0.next_batch()[0]) and torch.equal(b[0], r1.next_batch()[0])
+    x, y = a
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    resumed = SyntheticLoader(100, 2, 8, grad_accum=2, state=one.state_dict())
+    assert torch.equal(resumed.next_batch()[0], one.next_batch()[0])

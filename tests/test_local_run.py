@@ -1,0 +1,133 @@
+"""The product loop on this machine, for real: run, ledger, show, dry with a real OOM, kill, promote."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nanolaunch.ledger import pid_alive
+
+TINY = """description = "a test model: seconds on 2 cores"
+[config]
+depth = 2
+head_dim = 32
+vocab_size = 512
+seq_len = 64
+device_batch = 4
+total_batch = 512
+iterations = {iterations}
+eval_every = 5
+eval_tokens = 2048
+gpu = "cpu"
+data_source = "stdlib"
+dtype = "fp32"
+[provenance]
+source = "tests"
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    (home / "presets").mkdir()
+    (home / "presets" / "tiny.toml").write_text(TINY.format(iterations=10))
+    (home / "presets" / "tiny_long.toml").write_text(TINY.format(iterations=400))
+    (home / "presets" / "tiny_probe.toml").write_text('base = "tiny"\n[config]\nseq_len = 256\ntotal_batch = 65536\n')
+    return home
+
+
+def nl(home, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "nanolaunch.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "NANOLAUNCH_HOME": str(home)})
+
+
+def rows(home):
+    r = nl(home, "ledger", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_run_records_the_result_and_show_plots_it(home, tmp_path):
+    r = nl(home, "run", "--preset", "tiny", "--title", "first", "--project", "t", "--json")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["status"] == "ok" and row["steps"] == 10 and row["val_bpb"] > 0
+    assert row["mfu"] is None  # a CPU has no known peak: unknown, never guessed
+    assert row["cost_usd"] == 0 and row["wall_seconds"] > 0 and row["peak_memory_gib"] > 0
+    listed = [x for x in rows(home) if x["id"] == row["id"]][0]
+    for key in ("id", "project", "title", "kind", "status", "preset", "gpu", "wall_seconds", "cost_usd", "val_bpb",
+                "mfu", "tokens_per_second", "peak_memory_gib"):
+        assert key in listed
+    assert (home / "runs" / f"{row['id']:05d}" / "task.yaml").exists()
+    png = tmp_path / "curve.png"
+    shown = nl(home, "show", str(row["id"]), "--plot", str(png))
+    assert shown.returncode == 0, shown.stderr
+    assert "val_bpb" in shown.stdout and "loss" in shown.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    promoted = nl(home, "preset", "promote", str(row["id"]), "--name", "tiny_promoted")
+    assert promoted.returncode == 0, promoted.stderr
+    plan = json.loads(nl(home, "plan", "--preset", "tiny_promoted", "--json").stdout)
+    original = json.loads(nl(home, "plan", "--preset", "tiny", "--json").stdout)
+    assert plan["config"] == original["config"]
+    assert plan["step_seconds"] is not None  # the promoted run's measured tokens/s now predicts its step time
+
+
+def test_dry_records_every_probe_and_a_real_oom(home):
+    r = nl(home, "dry", "--preset", "tiny_probe", "--batch", "8,256", "--iters", "2", "--memory-limit-gib", "2.0",
+           "--force", "--project", "probe", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    probes = json.loads(r.stdout)
+    assert [p["device_batch"] for p in probes] == [8, 256]
+    assert probes[0]["status"] == "ok" and probes[0]["best"]
+    assert probes[1]["status"] == "oom"
+    log = open(os.path.join(probes[1]["run_dir"], "train.log")).read()
+    assert '"status": "oom"' in log  # the probe process itself reported running out of memory
+    ledger_ids = {x["id"] for x in rows(home) if x["kind"] == "dry"}
+    assert {p["id"] for p in probes} <= ledger_ids
+
+
+def test_a_killed_launcher_leaves_an_open_row_that_reconciles(home):
+    env = {**os.environ, "NANOLAUNCH_HOME": str(home)}
+    launcher = subprocess.Popen([sys.executable, "-m", "nanolaunch.cli", "run", "--preset", "tiny", "--title",
+                                 "killed", "--project", "kill"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    row = None
+    while time.time() < deadline:
+        found = [x for x in rows(home) if x["title"] == "killed"]
+        if found and found[0]["run_dir"] and os.path.exists(os.path.join(found[0]["run_dir"], "train.log")) and \
+                '"event": "step"' in open(os.path.join(found[0]["run_dir"], "train.log")).read():
+            row = found[0]
+            break
+        time.sleep(0.2)
+    assert row is not None, "the run never started stepping"
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    import sqlite3
+    pid = sqlite3.connect(home / "ledger.db").execute("SELECT pid FROM runs WHERE id = ?", (row["id"],)).fetchone()[0]
+    assert pid
+    while pid_alive(pid) and time.time() < deadline + 120:  # the trainer carries on without its launcher
+        time.sleep(0.2)
+    final = [x for x in rows(home) if x["id"] == row["id"]][0]
+    assert final["status"] == "ok" and final["val_bpb"] is not None
+
+
+def test_ctrl_c_cancels_cleanly(home):
+    env = {**os.environ, "NANOLAUNCH_HOME": str(home)}
+    launcher = subprocess.Popen([sys.executable, "-m", "nanolaunch.cli", "run", "--preset", "tiny_long", "--title",
+                                 "interrupted", "--project", "cancel"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = [x for x in rows(home) if x["title"] == "interrupted" and x["run_dir"]]
+        if found and '"event": "step"' in open(os.path.join(found[0]["run_dir"], "train.log")).read():
+            break
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGINT)
+    assert launcher.wait(120) != 0
+    final = [x for x in rows(home) if x["title"] == "interrupted"][0]
+    assert final["status"] == "cancelled" and final["ended_at"] is not None
