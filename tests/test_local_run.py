@@ -131,3 +131,12 @@ def test_ctrl_c_cancels_cleanly(home):
     assert launcher.wait(120) != 0
     final = [x for x in rows(home) if x["title"] == "interrupted"][0]
     assert final["status"] == "cancelled" and final["ended_at"] is not None
+
+
+def test_a_crash_is_recorded_with_the_log_tail(home):
+    (home / "presets" / "no_data.toml").write_text('base = "tiny"\n[config]\ndata_source = "local"\n')
+    r = nl(home, "run", "--preset", "no_data", "--title", "crash", "--json")
+    assert r.returncode != 0
+    row = json.loads(r.stdout)
+    assert row["status"] == "crashed" and row["error"]
+    assert [x for x in rows(home) if x["title"] == "crash"][0]["status"] == "crashed"
