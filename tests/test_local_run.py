@@ -50,6 +50,18 @@ def rows(home):
     return json.loads(r.stdout)
 
 
+def wait_until_stepping(home, title, timeout=120):
+    """The ledger row of the run titled `title`, once its trainer has logged a step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = [x for x in rows(home) if x["title"] == title and x["run_dir"]]
+        log = os.path.join(found[0]["run_dir"], "train.log") if found else ""
+        if log and os.path.exists(log) and '"event": "step"' in open(log).read():
+            return found[0]
+        time.sleep(0.2)
+    return None
+
+
 def test_run_records_the_result_and_show_plots_it(home, tmp_path):
     r = nl(home, "run", "--preset", "tiny", "--title", "first", "--project", "t", "--json")
     assert r.returncode == 0, r.stderr
@@ -92,25 +104,20 @@ def test_dry_records_every_probe_and_a_real_oom(home):
 
 def test_a_killed_launcher_leaves_an_open_row_that_reconciles(home):
     env = {**os.environ, "NANOLAUNCH_HOME": str(home)}
-    launcher = subprocess.Popen([sys.executable, "-m", "nanolaunch.cli", "run", "--preset", "tiny", "--title",
+    launcher = subprocess.Popen([sys.executable, "-m", "nanolaunch.cli", "run", "--preset", "tiny_long", "--title",
                                  "killed", "--project", "kill"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    row = None
-    while time.time() < deadline:
-        found = [x for x in rows(home) if x["title"] == "killed"]
-        if found and found[0]["run_dir"] and os.path.exists(os.path.join(found[0]["run_dir"], "train.log")) and \
-                '"event": "step"' in open(os.path.join(found[0]["run_dir"], "train.log")).read():
-            row = found[0]
-            break
-        time.sleep(0.2)
+    row = wait_until_stepping(home, "killed")
     assert row is not None, "the run never started stepping"
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
+    shown = [x for x in rows(home) if x["id"] == row["id"]][0]
+    assert shown["status"] == "running" and shown["ended_at"] is None  # the ledger opens; not shown as finished
     import sqlite3
     pid = sqlite3.connect(home / "ledger.db").execute("SELECT pid FROM runs WHERE id = ?", (row["id"],)).fetchone()[0]
     assert pid
-    while pid_alive(pid) and time.time() < deadline + 120:  # the trainer carries on without its launcher
+    deadline = time.time() + 120
+    while pid_alive(pid) and time.time() < deadline:  # the trainer carries on without its launcher
         time.sleep(0.2)
     final = [x for x in rows(home) if x["id"] == row["id"]][0]
     assert final["status"] == "ok" and final["val_bpb"] is not None
@@ -121,12 +128,7 @@ def test_ctrl_c_cancels_cleanly(home):
     launcher = subprocess.Popen([sys.executable, "-m", "nanolaunch.cli", "run", "--preset", "tiny_long", "--title",
                                  "interrupted", "--project", "cancel"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = [x for x in rows(home) if x["title"] == "interrupted" and x["run_dir"]]
-        if found and '"event": "step"' in open(os.path.join(found[0]["run_dir"], "train.log")).read():
-            break
-        time.sleep(0.2)
+    wait_until_stepping(home, "interrupted")
     launcher.send_signal(signal.SIGINT)
     assert launcher.wait(120) != 0
     final = [x for x in rows(home) if x["title"] == "interrupted"][0]
