@@ -65,6 +65,7 @@ def main() -> None:
 
     import torch
     cores = len(os.sched_getaffinity(0))
+    print(time.strftime("%Y-%m-%d %H:%M:%S"), "(a load average above the core count means the CPU is shared)")
     print(f"machine: {cpu_model()}, {cores} cores, torch {torch.__version__}, bf16 instructions: {has_bf16()}")
     data = ["--data-source", "stdlib", "--data-dir", Path(a.work) / "data"]
     common = [*SHAPE, "--device-batch", a.device_batch, "--device", "cpu", *data, "--probe-data", "real"]
@@ -84,7 +85,8 @@ def main() -> None:
             tps.append(res["tokens_per_second"])
             wall.append(seconds)
             print(f"  {name} run {r + 1}: {res['tokens_per_second']:,.0f} tok/s (median step {res['step_ms']:.0f} ms, "
-                  f"peak RSS {res['peak_memory_gib']:.2f} GiB, process wall {seconds:.1f}s)", flush=True)
+                  f"peak RSS {res['peak_memory_gib']:.2f} GiB, process wall {seconds:.1f}s, "
+                  f"load average {os.getloadavg()[0]:.2f})", flush=True)
         rows.append((name, statistics.median(tps), min(tps), max(tps), statistics.median(wall)))
     print(f"\nmedian of {a.runs} runs, each the median of steps 2..{a.steps} "
           f"(depth 4, seq 256, total batch 4,096, device batch {a.device_batch}, vocab 65,536):")

@@ -10,7 +10,6 @@ also written to RUN_DIR/result.json. Exit codes: 0 ok, 1 crashed, 2 bad command 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -157,7 +156,7 @@ class Run:
         import torch
 
         from trainer import common
-        from trainer.common import DistEnv, dist_env, log
+        from trainer.common import dist_env, log
 
         args = self.args
         self.env = env = dist_env()
