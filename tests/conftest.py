@@ -18,3 +18,11 @@ def corpus(tmp_path_factory) -> list[Path]:
 def tokenizer(corpus) -> Tokenizer:
     train, _ = split_shards(corpus)
     return train_tokenizer(iter_documents(train), 1024)
+
+
+@pytest.fixture(scope="session")
+def data_args(corpus, tokenizer, tmp_path_factory):
+    """Trainer flags that point at the shared corpus and its saved tokenizer."""
+    tok_dir = tmp_path_factory.mktemp("tok")
+    tokenizer.save(tok_dir)
+    return ["--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir]

@@ -93,13 +93,6 @@ def events(text):
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-@pytest.fixture(scope="module")
-def data_args(corpus, tokenizer, tmp_path_factory):
-    tok_dir = tmp_path_factory.mktemp("tok")
-    tokenizer.save(tok_dir)
-    return ["--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir]
-
-
 def test_sigkilled_run_resumes_bit_for_bit(data_args, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     full = subprocess.run(cmd(*ARGS, *data_args, "--run-dir", tmp_path / "full"), cwd=REPO, env=env,

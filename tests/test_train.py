@@ -43,13 +43,6 @@ def of(events, kind):
     return [e for e in events if e["event"] == kind]
 
 
-@pytest.fixture(scope="module")
-def data_args(corpus, tokenizer, tmp_path_factory):
-    tok_dir = tmp_path_factory.mktemp("tok")
-    tokenizer.save(tok_dir)
-    return ["--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir]
-
-
 def test_tiny_model_learns_and_reports_the_arithmetic(data_args, tmp_path):
     rc, events, err = run_trainer(*TINY, *data_args, "--iterations", 80, "--eval-every", 20, "--eval-tokens", 16384,
                                   "--checkpoint-every", 40, "--run-dir", tmp_path)
