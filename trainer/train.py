@@ -695,7 +695,9 @@ def main(argv=None) -> int:
             emit_result(run_dir, **record)
         if getattr(run, "wandb", None):
             run.wandb.finish()
-        close(run)
+        if close(run):
+            # Everything is on disk; skip interpreter teardown, where gloo's C++ threads can abort (SIGABRT).
+            return hard_exit(EXIT_CODES[status])
         return EXIT_CODES[status]
     except UsageError as e:
         print(f"trainer: error: {e}", file=sys.stderr, flush=True)
@@ -719,13 +721,17 @@ def main(argv=None) -> int:
         return hard_exit(EXIT_CODES[status])
 
 
-def close(run: Run) -> None:
+def close(run: Run) -> bool:
+    """Release the loader and the process group; True when this was a distributed run."""
     loader = getattr(run, "train_loader", None)
     if loader is not None:
         loader.close()
     import torch.distributed as dist
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return False
+    dist.barrier()  # no rank tears down its connections while another still uses them
+    dist.destroy_process_group()
+    return True
 
 
 def hard_exit(code: int) -> int:
