@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from nanolaunch.commands import ledger, plan, preset, prices, run, show
+from nanolaunch.commands import cloud, ledger, plan, preset, prices, run, show
 from nanolaunch.errors import NanolaunchError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -16,6 +16,10 @@ app.command("dry")(run.dry)
 app.command("run")(run.run)
 app.command("prices")(prices.prices)
 app.command("show")(show.show)
+app.command("yaml")(cloud.yaml)
+app.command("status")(cloud.status)
+app.command("down")(cloud.down)
+app.command("logs")(cloud.logs)
 app.add_typer(preset.app, name="preset")
 app.add_typer(ledger.app, name="ledger")
 

@@ -12,7 +12,7 @@ from trainer.arithmetic import (
 )
 
 DEFAULT_RATIO = 20.0  # Chinchilla-style tokens:params, nanochat's default
-DATA_SOURCES = ("hf", "stdlib", "local")
+DATA_SOURCES = ("hf", "stdlib", "local", "synthetic")  # synthetic: smoke tests, no data
 DTYPES = ("auto", "bf16", "fp32")
 
 

@@ -29,6 +29,7 @@ class Request:
     probe: int | None = None
     memory_limit_gib: float | None = None
     max_cost: float | None = None
+    checkpoint_every: int = 500  # steps; a recovered spot run loses at most this much
     quiet: bool = False
 
 
@@ -42,42 +43,44 @@ def derived(config: RunConfig, preset: Preset | None) -> dict:
     return make_plan(config, measured=measured, measured_from=source, rank_alternatives=False)
 
 
+def open_row(ledger: Ledger, req: Request, plan: dict, backend: str, nodes: int, **fields) -> int:
+    """The run's ledger row, status running, with everything known before it starts."""
+    gpu, per_node = gpus.parse_gpu_spec(req.config.gpu)
+    return ledger.add(project=req.project, title=req.title or _default_title(req), kind=req.kind,
+                      preset=req.preset.name if req.preset else None, config=req.config.to_dict(), plan=plan,
+                      backend=backend, gpu=gpu.name, gpu_count=per_node, nodes=nodes, status="running",
+                      usd_per_hour=plan["usd_per_hour"], price_source=plan["price_source"], git_commit=git_commit(),
+                      **fields)
+
+
+def write_task(folder, task: dict, config: RunConfig) -> None:
+    """What ran, next to its log: the filled task (secrets never in it) and the config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "task.yaml").write_text(to_yaml(task))
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+
 def run_local(req: Request, ledger: Ledger | None = None) -> dict:
     """Runs on this machine; returns the finished ledger row."""
     ledger = ledger or Ledger()
     config = req.config
     plan = derived(config, req.preset)
     gpu, per_node = gpus.parse_gpu_spec(config.gpu)
-    run_id = ledger.add(project=req.project, title=req.title or _default_title(req), kind=req.kind,
-                        preset=req.preset.name if req.preset else None, config=config.to_dict(), plan=plan,
-                        backend="local", gpu=gpu.name, gpu_count=per_node, nodes=1, status="running",
-                        usd_per_hour=plan["usd_per_hour"], price_source=plan["price_source"], git_commit=git_commit(),
-                        pid=os.getpid())  # ours until the trainer starts: a live pid keeps reconcile away
+    # pid: ours until the trainer starts, so a live pid keeps reconcile away
+    run_id = open_row(ledger, req, plan, "local", nodes=1, pid=os.getpid())
     folder = run_dir(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
     opts = RunOptions(run_dir=str(folder), data_dir=data_dir(config), probe=req.probe,
                       memory_limit_gib=req.memory_limit_gib, max_cost=req.max_cost,
                       price_per_hour=plan["usd_per_hour"] if req.max_cost is not None else None,
                       master_port=free_port())
     task = render(config, opts, name=f"nanolaunch-{run_id}")
-    (folder / "task.yaml").write_text(to_yaml(task))
-    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    write_task(folder, task, config)
     ledger.update(run_id, run_dir=str(folder), log_path=str(folder / LOG_NAME), result_path=str(folder / RESULT_NAME))
 
-    display = _Display(run_id, req, plan, quiet=req.quiet)
-    last_write = [0.0]
-
-    def on_event(event: dict, state: RunState) -> None:
-        display.update(event, state)
-        now = time.monotonic()
-        if event["event"] == "step" and now - last_write[0] > LEDGER_UPDATE_SECONDS:
-            last_write[0] = now
-            ledger.update(run_id, steps=event["step"], mfu=event.get("mfu"),
-                          tokens_per_second=event.get("tokens_per_second"), val_bpb=state.val_bpb)
-
+    display = Display(run_id, req, plan)
     with display:
         outcome = run_task(task, folder, gpus_per_node=per_node if gpu.name != gpus.CPU_NAME else 1,
-                           on_start=lambda pid: ledger.update(run_id, pid=pid), on_event=on_event)
+                           on_start=lambda pid: ledger.update(run_id, pid=pid), on_event=LiveRow(ledger, run_id, display))
     ledger.finish(run_id, outcome.status, outcome.result)
     return ledger.get(run_id)
 
@@ -88,14 +91,37 @@ def _default_title(req: Request) -> str:
     return f"{req.preset.name if req.preset else f'd{c.depth}'} {what}"
 
 
-class _Display:
-    """A rich progress bar: step, loss, tokens/s, ETA. Silent with --json."""
+class LiveRow:
+    """Keeps a running row current from its event stream, writing at most every LEDGER_UPDATE_SECONDS."""
 
-    def __init__(self, run_id: int, req: Request, plan: dict, quiet: bool):
-        self.quiet = quiet
+    def __init__(self, ledger: Ledger, run_id: int, display: "Display | None"):
+        self.ledger, self.run_id, self.display = ledger, run_id, display
+        self.last_write = 0.0
+
+    def __call__(self, event: dict, state: RunState) -> None:
+        if self.display is not None:
+            self.display.update(event, state)
+        now = time.monotonic()
+        if event["event"] == "step" and now - self.last_write > LEDGER_UPDATE_SECONDS:
+            self.last_write = now
+            self.ledger.update(self.run_id, steps=event["step"], mfu=event.get("mfu"),
+                               tokens_per_second=event.get("tokens_per_second"), val_bpb=state.val_bpb)
+
+
+class Display:
+    """A rich progress bar: step, loss, tokens/s, $ so far, ETA. Silent with --json."""
+
+    def __init__(self, run_id: int, req: Request, plan: dict):
+        self.quiet = req.quiet
         self.total = req.probe or plan["iterations"]
         self.label = f"#{run_id} {req.title or _default_title(req)}"
+        self.rate = plan["usd_per_hour"] or 0.0
+        self.started = time.monotonic()
         self.progress = None
+
+    def status(self, info: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, info=info)
 
     def __enter__(self):
         if not self.quiet:
@@ -117,6 +143,8 @@ class _Display:
             info = f"loss {event['loss']:.3f} · {out.num(event.get('tokens_per_second'))} tok/s"
             if state.val_bpb is not None:
                 info += f" · val_bpb {state.val_bpb:.3f}"
+            if self.rate:
+                info += f" · {out.usd(self.rate * (time.monotonic() - self.started) / 3600)}"
             self.progress.update(self.task, completed=event["step"], info=info)
         elif event["event"] == "result":
             self.progress.update(self.task, info=event["status"])

@@ -55,12 +55,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX runs_project ON runs (project, id);
     """),
+    ("002_cloud", """
+        ALTER TABLE runs ADD COLUMN cluster TEXT;          -- SkyPilot cluster (or managed job name)
+        ALTER TABLE runs ADD COLUMN sky_job_id INTEGER;    -- job id on the cluster, or the managed job's id
+        ALTER TABLE runs ADD COLUMN managed INTEGER NOT NULL DEFAULT 0;  -- 1: a managed (spot) job
+        ALTER TABLE runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE run_events (          -- what happened to a run's machines: launched, preempted, recovered, down
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL REFERENCES runs (id),
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            detail TEXT
+        );
+        CREATE INDEX run_events_run ON run_events (run_id, id);
+    """),
 ]
 
 COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "gpu", "gpu_count", "nodes", "status",
            "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb", "mfu",
            "tokens_per_second", "step_ms", "peak_memory_gib", "steps", "run_dir", "log_path", "result_path",
-           "wandb_url", "git_commit", "error", "pid")
+           "wandb_url", "git_commit", "error", "pid", "cluster", "sky_job_id", "managed", "recoveries")
 JSON_COLUMNS = ("config", "plan")
 
 
@@ -140,6 +154,11 @@ class Ledger:
         self.update(run_id, status=status, ended_at=ended, wall_seconds=wall, pid=None,
                     cost_usd=None if rate is None else rate * wall / 3600, **figures, **fields)
 
+    def add_event(self, run_id: int, kind: str, detail: str = "") -> None:
+        with self._write():
+            self.db.execute("INSERT INTO run_events (run_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+                            (run_id, time.time(), kind, detail))
+
     @staticmethod
     def _encode(fields: dict) -> tuple[list[str], list]:
         unknown = set(fields) - set(COLUMNS)
@@ -163,6 +182,10 @@ class Ledger:
         else:
             cur = self.db.execute("SELECT * FROM runs WHERE project = ? ORDER BY id", (project,))
         return [_decode(r) for r in cur]
+
+    def events(self, run_id: int) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT at, kind, detail FROM run_events WHERE run_id = ? ORDER BY id",
+                                                 (run_id,))]
 
     def running(self) -> list[dict]:
         return [_decode(r) for r in self.db.execute("SELECT * FROM runs WHERE status = 'running' ORDER BY id")]

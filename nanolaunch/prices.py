@@ -28,6 +28,7 @@ class Offer:
     spot_usd_per_hour: float | None
     source: str
     spot_region: str = ""
+    sky_accelerator: str = ""  # SkyPilot's catalog name for these GPUs on this cloud (RunPod's SXM H100: H100-SXM)
 
     @property
     def label(self) -> str:
@@ -66,7 +67,8 @@ def _snapshot_offers() -> tuple[Offer, ...]:
             continue
         offers.append(Offer(r["cloud"], r["instance_type"], r["accelerator"], int(r["accelerator_count"]),
                             r["region"], price, _float(r["spot_usd_per_hour"]),
-                            f"nanolaunch snapshot of skypilot-catalog, {date}", r.get("spot_region") or r["region"]))
+                            f"nanolaunch snapshot of skypilot-catalog, {date}", r.get("spot_region") or r["region"],
+                            sky_name(r["cloud"], r["accelerator"], r["instance_type"])))
     return tuple(offers)
 
 
@@ -87,12 +89,28 @@ def _skypilot_cache_offers() -> tuple[Offer, ...]:
                 # GCP lists GPUs as rows without an instance type (priced apart from the VM): not a node price.
                 if price is None or not name or not instance or count is None or count != int(count):
                     continue
-                if name == "H100" and "pcie" in instance.lower():  # SkyPilot names PCIe H100s plain H100
-                    name = "H100-PCIe"
-                offers.append(Offer(vms.parent.name, instance, name, int(count), r.get("Region", ""),
-                                    price, _float(r.get("SpotPrice")), f"SkyPilot catalog cache {vms}",
-                                    r.get("Region", "")))
+                offers.append(Offer(vms.parent.name, instance, our_name(vms.parent.name, name, instance), int(count),
+                                    r.get("Region", ""), price, _float(r.get("SpotPrice")),
+                                    f"SkyPilot catalog cache {vms}", r.get("Region", ""), name))
     return tuple(offers)
+
+
+def our_name(cloud: str, sky_accelerator: str, instance_type: str) -> str:
+    """nanolaunch names the hardware (docs/prices.md): SkyPilot's `H100` is a PCIe card on RunPod and on
+    Lambda's gpu_1x_h100_pcie, and RunPod spells SXM parts H100-SXM, H200-SXM, A100-80GB-SXM."""
+    if cloud == "runpod":
+        return {"H100": "H100-PCIe", "H100-SXM": "H100", "H200-SXM": "H200",
+                "A100-80GB-SXM": "A100-80GB"}.get(sky_accelerator, sky_accelerator)
+    if sky_accelerator == "H100" and "pcie" in instance_type.lower():
+        return "H100-PCIe"
+    return sky_accelerator
+
+
+def sky_name(cloud: str, accelerator: str, instance_type: str) -> str:
+    """The reverse of our_name, for the snapshot: RunPod instance types carry SkyPilot's name (1x_H100-SXM_SECURE)."""
+    if cloud == "runpod":
+        return instance_type.split("_")[1]
+    return "H100" if accelerator == "H100-PCIe" else accelerator
 
 
 def offers() -> tuple[Offer, ...]:
@@ -101,10 +119,16 @@ def offers() -> tuple[Offer, ...]:
 
 def cheapest(accelerator: str, count: int) -> tuple[Offer | None, Offer | None]:
     """(cheapest on-demand offer, cheapest spot offer) for `count` accelerators in one node."""
-    matching = [o for o in offers() if o.accelerator.upper() == accelerator.upper() and o.count == count]
+    matching = offers_for(accelerator, count)
     on_demand = min(matching, key=lambda o: o.usd_per_hour, default=None)
     spot = min((o for o in matching if o.spot_usd_per_hour), key=lambda o: o.spot_usd_per_hour, default=None)
     return on_demand, spot
+
+
+def offers_for(accelerator: str, count: int) -> list[Offer]:
+    """Every node with exactly these GPUs, cheapest first."""
+    return sorted((o for o in offers() if o.accelerator.upper() == accelerator.upper() and o.count == count),
+                  key=lambda o: o.usd_per_hour)
 
 
 def local_rate() -> tuple[float, str]:

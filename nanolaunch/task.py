@@ -1,18 +1,25 @@
-"""Fill the SkyPilot task template (sky/train.yaml) for one run: resources and the NL_* envs.
+"""Fill the SkyPilot task template (sky/train.yaml) for one run: resources, the bucket and the NL_* envs.
 
 The template is plain SkyPilot YAML; this module only sets values, so what `sky launch` runs, what
 `nanolaunch yaml` prints and what the local backend executes are the same setup and run commands.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from nanolaunch import gpus
 from nanolaunch.config import RunConfig
+from nanolaunch.errors import NanolaunchError
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "sky" / "train.yaml"
+STORE = "/nl-store"  # where the bucket is mounted on every node
+BUCKET_ENV = "NANOLAUNCH_BUCKET"
+AUTOSTOP_IDLE_MINUTES = 10
+# A preempted spot job comes back in the next region with capacity; a crash of our own code is not retried.
+JOB_RECOVERY = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 0}
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,26 @@ class RunOptions:
     checkpoint_every: int = 500
     master_port: int = 29500
     wandb_project: str | None = None
+    bucket: str | None = None  # cloud runs: the bucket mounted at STORE; None runs locally, without mounts
+    managed: bool = False  # a managed job (spot runs): SkyPilot recovers it after preemption
+    disk_size: int = 256
+
+
+def default_bucket() -> str:
+    """$NANOLAUNCH_BUCKET, else one bucket per user (bucket names are global, so the user name is in it)."""
+    import getpass
+    import re
+
+    name = os.environ.get(BUCKET_ENV) or f"nanolaunch-{getpass.getuser()}"
+    name = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
+    if not 3 <= len(name) <= 63:
+        raise NanolaunchError(f"bucket name {name!r} must be 3–63 characters; set {BUCKET_ENV}")
+    return name
+
+
+def store_paths(run_id: int, data_source: str) -> tuple[str, str]:
+    """(run dir, data dir) inside the bucket: the data cache and tokenizer are shared by every run."""
+    return f"{STORE}/runs/{run_id:05d}", f"{STORE}/data/{data_source}"
 
 
 def load_template() -> dict:
@@ -57,16 +84,39 @@ def envs(config: RunConfig, opts: RunOptions) -> dict[str, str]:
     }
 
 
+def gpu_resources(gpu: str, count: int, spot: bool) -> dict:
+    """Exactly these GPUs, as the plan priced them: one candidate per known node type (SkyPilot's optimizer
+    picks the cheapest enabled one, and fails over among them). A bare `H100` would let SkyPilot pick a
+    PCIe card on RunPod or Lambda, slower than the SXM part the plan assumed."""
+    from nanolaunch import prices
+
+    offers = [o for o in prices.offers_for(gpu, count) if o.spot_usd_per_hour or not spot]
+    if not offers:  # a GPU we hold no prices for: ask SkyPilot by name
+        return {"accelerators": f"{gpu}:{count}"}
+    return {"any_of": [{"infra": o.cloud, "instance_type": o.instance_type,
+                        "accelerators": f"{o.sky_accelerator}:{count}"} for o in offers]}
+
+
 def render(config: RunConfig, opts: RunOptions, name: str = "nanolaunch") -> dict:
+    """The filled task. With a bucket it is a cloud task; without, the local backend's (no mounts)."""
     task = load_template()
     gpu, per_node = gpus.parse_gpu_spec(config.gpu)
     task["name"] = name
     task["workdir"] = str(REPO)
     task["num_nodes"] = config.nodes
-    if gpu.name == gpus.CPU_NAME:
-        task["resources"] = {"cpus": "2+"}
+    resources = {"cpus": "2+"} if gpu.name == gpus.CPU_NAME else gpu_resources(gpu.name, per_node, config.spot)
+    resources["disk_size"] = opts.disk_size
+    if config.spot:
+        resources["use_spot"] = True
+    if opts.managed:  # SkyPilot recovers it after preemption and cleans its clusters up itself
+        resources["job_recovery"] = dict(JOB_RECOVERY)
     else:
-        task["resources"] = {"accelerators": f"{gpu.name}:{per_node}", "use_spot": config.spot}
+        resources["autostop"] = {"idle_minutes": AUTOSTOP_IDLE_MINUTES, "down": True}
+    task["resources"] = resources
+    if opts.bucket:
+        task["file_mounts"] = {STORE: {"name": opts.bucket, "mode": "MOUNT_CACHED"}}
+    else:
+        del task["file_mounts"], task["secrets"]
     unknown = set(envs(config, opts)) - set(task["envs"])
     assert not unknown, f"sky/train.yaml lacks envs {unknown}"  # the template and this module move together
     task["envs"] = {**task["envs"], **envs(config, opts)}
@@ -74,9 +124,17 @@ def render(config: RunConfig, opts: RunOptions, name: str = "nanolaunch") -> dic
 
 
 def to_yaml(task: dict) -> str:
+    """YAML a person can read and `sky launch` can run: multi-line commands as | blocks."""
     import yaml
 
-    return yaml.safe_dump(task, sort_keys=False, width=120)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, value: str):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(task, Dumper=Dumper, sort_keys=False, width=120)
 
 
 def single_node_env(gpus_per_node: int) -> dict[str, str]:

@@ -1,10 +1,27 @@
 """Shared, session-scoped fixtures: a tiny real corpus (stdlib text) and a tokenizer trained on it."""
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from trainer.data import build_stdlib_corpus, iter_documents, split_shards
 from trainer.tokenizer import Tokenizer, train_tokenizer
+
+# SkyPilot, wherever a test touches it: no API server is ever started (an SDK call that would start one
+# fails instead), no usage reports, and no catalog but the ones a test seeds.
+os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
+os.environ["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"
+os.environ["SKY_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="nl-test-sky-runtime-")
+
+
+@pytest.fixture
+def sky_home(tmp_path, monkeypatch):
+    """HOME for SkyPilot (it keeps state under ~/.sky): a temporary one, never the user's."""
+    home = tmp_path / "sky-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="session")

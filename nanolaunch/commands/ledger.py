@@ -21,7 +21,7 @@ app = typer.Typer(help="The ledger of runs and probes.", invoke_without_command=
 EXPORT_COLUMNS = ("id", "project", "title", "kind", "status", "preset", "gpu", "gpu_count", "nodes", "backend",
                   "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb",
                   "mfu", "tokens_per_second", "step_ms", "peak_memory_gib", "steps", "device_batch", "depth",
-                  "run_dir", "wandb_url", "git_commit", "error")
+                  "run_dir", "cluster", "recoveries", "wandb_url", "git_commit", "error")
 RECENT = 30
 
 
@@ -71,7 +71,12 @@ def _atomic_write(path: Path, text: str) -> None:
 def _cells(r: dict) -> list[str]:
     return [str(r["id"]), r["project"], r["title"] or "", r["kind"], _config(r), f"{r['gpu_count'] or 1}×{r['gpu']}",
             out.num(r["val_bpb"], 3) if r["val_bpb"] is not None else "—", out.seconds(r["wall_seconds"]),
-            out.usd(r["cost_usd"]), out.pct(r["mfu"]), r["status"]]
+            out.usd(r["cost_usd"]), out.pct(r["mfu"]), _outcome(r)]
+
+
+def _outcome(r: dict) -> str:
+    n = r.get("recoveries") or 0
+    return f"{r['status']} ({n} recover{'y' if n == 1 else 'ies'})" if n else r["status"]
 
 
 HEAD = ("#", "project", "title", "kind", "config", "gpu", "val_bpb", "wall", "cost", "MFU", "outcome")

@@ -13,14 +13,14 @@ from nanolaunch.errors import NanolaunchError
 from nanolaunch.launch import Request, derived, run_local
 from nanolaunch.planner import PlanError
 
-LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine instead of a cloud node.")]
+LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine instead of SkyPilot (GPU configs).")]
 TitleOpt = Annotated[str, typer.Option(help="A title for the ledger.")]
 ProjectOpt = Annotated[str, typer.Option(help="Ledger project.")]
 
 
-def _backend_is_local(config: RunConfig, local: bool) -> None:
-    if not local and gpus.parse_gpu_spec(config.gpu)[0].name != gpus.CPU_NAME:
-        raise NanolaunchError("cloud launches are not wired up yet: add --local to run on this machine")
+def _on_cloud(config: RunConfig, local: bool) -> bool:
+    """GPU configs run on SkyPilot unless --local; a CPU config always runs here."""
+    return not local and gpus.parse_gpu_spec(config.gpu)[0].name != gpus.CPU_NAME
 
 
 def run(
@@ -30,20 +30,35 @@ def run(
     iterations: Annotated[Optional[int], typer.Option(help="Train for exactly N optimizer steps.")] = None,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Device batch.")] = None,
     gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] per node, or cpu.")] = None,
+    nodes: Annotated[Optional[int], typer.Option(help="Number of nodes.")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="Spot GPUs as a managed job, recovered after preemption.")] = False,
     title: TitleOpt = "",
     project: ProjectOpt = "default",
     local: LocalOpt = False,
     max_cost: Annotated[Optional[float], typer.Option(help="Refuse, or stop the trainer, beyond this many $.")] = None,
+    dryrun: Annotated[bool, typer.Option("--dryrun", help="Validate the task and let SkyPilot choose the instance; "
+                                                           "launch nothing.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model to the end of its horizon and record it in the ledger."""
-    config, chosen = resolve(model, preset, ratio=ratio, iterations=iterations, device_batch=batch, gpu=gpu)
-    _backend_is_local(config, local)
+    config, chosen = resolve(model, preset, ratio=ratio, iterations=iterations, device_batch=batch, gpu=gpu,
+                             nodes=nodes, spot=spot or None)
     plan = derived(config, chosen)
     if max_cost is not None and plan["cost_usd"] is not None and plan["cost_usd"] > max_cost:
         raise NanolaunchError(f"estimated cost {out.usd(plan['cost_usd'])} exceeds --max-cost {out.usd(max_cost)} "
                               f"({out.hours(plan['wall_hours'])} at {out.usd(plan['usd_per_hour'])}/h)")
-    row = run_local(Request("run", config, chosen, title, project, max_cost=max_cost, quiet=as_json))
+    req = Request("run", config, chosen, title, project, max_cost=max_cost, quiet=as_json)
+    if dryrun:
+        from nanolaunch import remote
+
+        out.emit(remote.dryrun(req, plan), as_json, _dryrun_summary)
+        return
+    if _on_cloud(config, local):
+        from nanolaunch import remote
+
+        row = remote.run(req)
+    else:
+        row = run_local(req)
     out.emit(export_row(row), as_json, _summary)
     if row["status"] != "ok":
         raise typer.Exit(1)
@@ -57,6 +72,14 @@ def _summary(r: dict) -> None:
     if r.get("error"):
         c.print(f"error: {r['error']}")
     c.print(f"folder: {r['run_dir']}   (see `nanolaunch show {r['id']}`)")
+
+
+def _dryrun_summary(d: dict) -> None:
+    c, sky, plan = out.console(), d["skypilot"], d["plan"]
+    c.print(f"task valid: {d['name']} ({d['nodes']} node(s), {d['accelerators']}, spot {sky['spot']})")
+    c.print(f"SkyPilot would launch {sky['cloud']} {sky['instance_type']} ({sky['region']}) at "
+            f"{out.usd(sky['usd_per_hour'])}/h; the plan used {out.usd(plan['usd_per_hour'])}/h from {plan['price_source']}")
+    c.print(f"estimated {out.hours(plan['wall_hours'])}, {out.usd(plan['cost_usd'])}; nothing was launched")
 
 
 def parse_batches(text: str) -> list[int]:
@@ -87,7 +110,6 @@ def dry(
     batches = parse_batches(batch) if batch else [config.device_batch]
     if iters < 1:
         raise NanolaunchError("--iters must be at least 1")
-    _backend_is_local(config, local)
     probes, refused = [], []
     for b in batches:  # refuse what cannot run before spending anything
         candidate = config.replace(device_batch=b, iterations=iters, ratio=None, target_flops=None)
@@ -106,11 +128,15 @@ def dry(
             refused.append(b)
     for b in refused:
         out.warn(f"batch {b} predicted not to fit: not probed (--force probes it anyway)")
-    rows = []
-    for b, candidate in probes:
-        row = run_local(Request("dry", candidate, chosen, project=project, probe=iters,
-                                memory_limit_gib=memory_limit_gib, quiet=as_json))
-        rows.append(export_row(row) | {"grad_accum": (row["plan"] or {}).get("grad_accum")})
+    reqs = [Request("dry", candidate, chosen, project=project, probe=iters, memory_limit_gib=memory_limit_gib,
+                    quiet=as_json) for _, candidate in probes]
+    if _on_cloud(config, local):  # one cluster for the whole sweep
+        from nanolaunch import remote
+
+        done = remote.sweep(reqs) if reqs else []
+    else:
+        done = [run_local(r) for r in reqs]
+    rows = [export_row(row) | {"grad_accum": (row["plan"] or {}).get("grad_accum")} for row in done]
     best = min((r for r in rows if r["status"] == "ok" and r["step_ms"]), key=lambda r: r["step_ms"], default=None)
     for r in rows:
         r["best"] = r is best

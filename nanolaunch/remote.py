@@ -1,0 +1,228 @@
+"""Runs and probe sweeps on SkyPilot: launch, follow, ledger, teardown.
+
+The task is the one the local backend runs (nanolaunch/task.py); only where it runs differs. A run with
+--spot is a managed job that SkyPilot recovers after preemption (the trainer resumes from the bucket);
+everything else runs on a cluster of its own, launched with autostop-and-down and torn down when the
+command ends, fails or is interrupted. Cost = the price recorded at launch (× nodes) × the time from the
+launch request to teardown.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Callable
+
+from nanolaunch import cloud, output as out
+from nanolaunch.events import EXIT_STATUS, RunState
+from nanolaunch.launch import Display, LiveRow, Request, derived, open_row, write_task
+from nanolaunch.ledger import Ledger
+from nanolaunch.runs import LOG_NAME, run_dir
+from nanolaunch.task import RunOptions, default_bucket, render, store_paths
+
+PREFIX = "nl-"  # every cluster and managed job nanolaunch starts is named nl-<run id>
+
+
+class LogSink(io.TextIOBase):
+    """SkyPilot writes the job's output here: appended to the run's train.log and fed line by line onward."""
+
+    def __init__(self, log_path: Path, on_line: Callable[[str], None], mode: str = "a"):
+        self.log = open(log_path, mode, errors="replace")
+        self.on_line = on_line
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.on_line(line.rstrip("\r"))
+        return len(text)
+
+    def close(self) -> None:
+        if self.pending:
+            self.on_line(self.pending)
+            self.pending = ""
+        self.log.close()
+        super().close()
+
+
+class Follower:
+    """Events from the job's output: live row and display, and each trainer restart as a recovery."""
+
+    def __init__(self, ledger: Ledger, run_id: int, display: Display | None, known_starts: int = 1):
+        self.ledger, self.run_id, self.display = ledger, run_id, display
+        self.state = RunState()
+        self.live = LiveRow(ledger, run_id, display)
+        self.starts = 0
+        self.known_starts = known_starts  # starts already in the ledger (a reattach replays the whole log)
+        self.log_path = run_dir(run_id) / LOG_NAME
+
+    def __call__(self, line: str) -> None:
+        last_step = self.state.last_step
+        event = self.state.feed(line)
+        if event is None:
+            return
+        if event["event"] == "start":
+            self.starts += 1
+            if self.starts > self.known_starts:  # it started again: its node was preempted and SkyPilot recovered it
+                after = f"after step {last_step['step']}" if last_step else "before the first step"
+                self.ledger.add_event(self.run_id, "preempted", after)
+                self.ledger.add_event(self.run_id, "recovered",
+                                      f"resumed from step {event.get('resumed_from_step') or 0}")
+                self.ledger.update(self.run_id, recoveries=self.starts - 1)
+        self.live(event, self.state)
+
+
+def dryrun(req: Request, plan: dict) -> dict:
+    """The run's task, validated by SkyPilot, and the instance SkyPilot's optimizer picks for it."""
+    managed = req.config.spot
+    remote_run, remote_data = store_paths(0, req.config.data_source)
+    opts = RunOptions(run_dir=remote_run, data_dir=remote_data, bucket=default_bucket(), managed=managed)
+    task = render(req.config, opts, name=f"{PREFIX}dryrun")
+    chosen = cloud.optimize(cloud.to_task(task))
+    return {"name": task["name"], "nodes": task["num_nodes"], "accelerators": task["resources"].get("accelerators"),
+            "skypilot": chosen, "plan": {k: plan[k] for k in ("usd_per_hour", "price_source", "wall_hours", "cost_usd")}}
+
+
+def run(req: Request, ledger: Ledger | None = None) -> dict:
+    """One run in the cloud; returns its finished ledger row."""
+    if req.config.spot and req.kind == "run":
+        return _managed(req, ledger or Ledger())
+    return sweep([req], ledger)[0]
+
+
+def sweep(reqs: list[Request], ledger: Ledger | None = None) -> list[dict]:
+    """The requests one after another on one cluster (a probe sweep provisions once), then teardown.
+
+    Each row is finished when its job ends, except the last, which also pays for the teardown."""
+    ledger = ledger or Ledger()
+    ids, cluster, last = [], None, None
+    try:
+        for i, req in enumerate(reqs):
+            if last is not None:
+                ledger.finish(*last)
+            plan = derived(req.config, req.preset)
+            run_id = open_row(ledger, req, plan, "sky", nodes=req.config.nodes, pid=os.getpid())
+            ids.append(run_id)
+            cluster = cluster or f"{PREFIX}{run_id}"
+            ledger.update(run_id, cluster=cluster)
+            task, follower, sink = _prepare(ledger, run_id, req, plan, managed=False)
+            last = (run_id, "crashed", {"error": "the launcher stopped before the job ended"})
+            try:
+                with follower.display:
+                    ledger.add_event(run_id, "launch" if i == 0 else "submit", cluster)
+                    follower.display.status("provisioning" if i == 0 else "submitting")
+                    job_id = cloud.launch(task, cluster) if i == 0 else cloud.exec_on(task, cluster)
+                    ledger.update(run_id, sky_job_id=job_id)
+                    follower.display.status("running")
+                    code = cloud.tail(cluster, job_id, sink)
+                last = (run_id, *_outcome(follower.state, code))
+            except KeyboardInterrupt:
+                last = (run_id, "cancelled", {**_partial(follower.state), "error": "interrupted; cluster torn down"})
+                raise
+            except Exception as e:  # noqa: BLE001 -- recorded, then raised as it was
+                last = (run_id, "crashed", {**_partial(follower.state), "error": str(e)})
+                raise
+            finally:
+                sink.close()
+    finally:
+        if cluster is not None:  # however the sweep ended: never leave a GPU billing
+            _down(ledger, ids[-1], cluster)
+        if last is not None:
+            ledger.finish(*last)
+    return [ledger.get(i) for i in ids]
+
+
+def _managed(req: Request, ledger: Ledger) -> dict:
+    """A spot run as a managed job: SkyPilot recovers it after preemption; we follow it through."""
+    plan = derived(req.config, req.preset)
+    run_id = open_row(ledger, req, plan, "sky", nodes=req.config.nodes, managed=1, pid=os.getpid())
+    name = f"{PREFIX}{run_id}"
+    ledger.update(run_id, cluster=name)
+    task, follower, sink = _prepare(ledger, run_id, req, plan, managed=True)
+    status, result, job_id = "crashed", {}, None
+    try:
+        with follower.display:
+            ledger.add_event(run_id, "launch", f"managed job {name}")
+            follower.display.status("submitting managed job")
+            job_id = cloud.job_launch(task, name)
+            ledger.update(run_id, sky_job_id=job_id)
+            follower.display.status("running")
+            code = cloud.job_tail(job_id, sink)
+        status, result = _outcome(follower.state, code)
+    except KeyboardInterrupt:
+        status, result = "cancelled", {**_partial(follower.state), "error": "interrupted: managed job cancelled"}
+        if job_id is not None:
+            cloud.job_cancel(job_id)
+            ledger.add_event(run_id, "cancel", f"managed job {job_id}")
+        raise
+    except Exception as e:  # noqa: BLE001
+        result = {**_partial(follower.state), "error": str(e)}
+        raise
+    finally:
+        sink.close()
+        ledger.finish(run_id, status, result)
+    return ledger.get(run_id)
+
+
+def reattached(ledger: Ledger, row: dict) -> "Reattached":
+    """A follower for `nanolaunch logs`: replays the job's output, records what is new."""
+    return Reattached(ledger, row["id"], None, known_starts=(row["recoveries"] or 0) + 1)
+
+
+class Reattached(Follower):
+    def settle(self, code: int | None, launcher_alive: bool) -> None:
+        """The job ended while we watched. If its launcher is gone, close the row (and the cluster) for it."""
+        row = self.ledger.get(self.run_id)
+        if row["status"] != "running" or launcher_alive:
+            return
+        status, result = _outcome(self.state, code)
+        if not row["managed"]:
+            _down(self.ledger, self.run_id, row["cluster"])
+        self.ledger.finish(self.run_id, status, result)
+
+
+def _prepare(ledger: Ledger, run_id: int, req: Request, plan: dict, managed: bool):
+    """Fill the task for this run, keep a copy with its log, and build what follows its output."""
+    config = req.config
+    remote_run, remote_data = store_paths(run_id, config.data_source)
+    opts = RunOptions(run_dir=remote_run, data_dir=remote_data, probe=req.probe, max_cost=req.max_cost,
+                      price_per_hour=plan["usd_per_hour"] if req.max_cost is not None else None,
+                      checkpoint_every=req.checkpoint_every, bucket=default_bucket(), managed=managed)
+    task = render(config, opts, name=f"{PREFIX}{run_id}")
+    folder = run_dir(run_id)
+    write_task(folder, task, config)
+    ledger.update(run_id, run_dir=remote_run, log_path=str(folder / LOG_NAME))
+    display = Display(run_id, req, plan)
+    follower = Follower(ledger, run_id, display)
+    return cloud.to_task(task, cloud.secrets_from_env()), follower, LogSink(folder / LOG_NAME, follower)
+
+
+def _outcome(state: RunState, code: int | None) -> tuple[str, dict]:
+    """The trainer's own result when it reported one, else what its exit code means."""
+    if state.result is not None:
+        return state.result["status"], dict(state.result)
+    status = EXIT_STATUS.get(code, "crashed")
+    return status, {"error": f"the job ended (exit {code}) without a result; see the log"} if status != "ok" else {}
+
+
+def _partial(state: RunState) -> dict:
+    """What the output showed before it stopped."""
+    return {"val_bpb": state.val_bpb, "steps": state.last_step["step"] if state.last_step else None}
+
+
+def _down(ledger: Ledger, run_id: int | None, cluster: str) -> None:
+    try:
+        cloud.down(cluster)
+    except Exception as e:  # noqa: BLE001 -- teardown must be tried, and its failure said, never hidden
+        out.warn(f"could not tear down {cluster}: {e}; run `sky down {cluster}` (it also autostops when idle)")
+        if run_id is not None:
+            ledger.add_event(run_id, "down_failed", str(e)[:500])
+        return
+    if run_id is not None:
+        ledger.add_event(run_id, "down", cluster)

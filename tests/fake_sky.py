@@ -1,0 +1,142 @@
+"""A stand-in for the SkyPilot SDK at nanolaunch's boundary (nanolaunch/cloud.py).
+
+It records every call, and runs each submitted task for real on this machine, the way one SkyPilot
+node would: the task's setup, then its run, with the single-node SKYPILOT_* variables, the task's envs
+and secrets, and the bucket mount point mapped to a local folder. Tasks are real sky.Task objects
+(SkyPilot's schema validated them); errors are SkyPilot's own exception types. It can preempt a
+managed job at a checkpoint (then recover it: the task runs again and the trainer resumes), and
+interrupt the follower as Ctrl-C would.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from types import SimpleNamespace
+
+from nanolaunch.events import parse_line
+from nanolaunch.local import environment
+from nanolaunch.task import REPO, STORE
+
+
+class FakeSky:
+    def __init__(self, bucket_dir, *, preempt_at_checkpoints: int = 0, interrupt_after_steps: int | None = None,
+                 launch_error: BaseException | None = None):
+        import sky as real_sky  # imported by the test, under its own HOME
+
+        self.real = real_sky
+        self.bucket_dir = str(bucket_dir)
+        self.preemptions_left = preempt_at_checkpoints
+        self.interrupt_after_steps = interrupt_after_steps
+        self.launch_error = launch_error
+        self.calls: list[tuple] = []
+        self.clusters: dict[str, list] = {}  # name -> submitted tasks (job id = index + 1)
+        self.managed: dict[int, object] = {}
+        self.secrets_seen: list[dict] = []
+        self._requests: dict[str, object] = {}
+        self.Task, self.exceptions = real_sky.Task, real_sky.exceptions
+        self.jobs = SimpleNamespace(launch=self._job_launch, tail_logs=self._job_tail, cancel=self._job_cancel,
+                                    queue_v2=self._job_queue)
+
+    # -- requests: the SDK returns ids; stream_and_get/get return (or raise) what the request produced
+    def _request(self, value) -> str:
+        rid = f"request-{len(self._requests) + len(self.calls)}"
+        self._requests[rid] = value
+        return rid
+
+    def stream_and_get(self, request_id):
+        value = self._requests.pop(request_id)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    get = stream_and_get
+
+    # -- clusters
+    def launch(self, task, cluster_name=None, idle_minutes_to_autostop=None, down=False, retry_until_up=False, **kw):
+        self.calls.append(("launch", cluster_name, {"idle_minutes_to_autostop": idle_minutes_to_autostop,
+                                                    "down": down}))
+        if self.launch_error is not None:
+            return self._request(self.launch_error)
+        self.clusters.setdefault(cluster_name, []).append(task)
+        return self._request((len(self.clusters[cluster_name]), None))
+
+    def exec(self, task, cluster_name=None, **kw):
+        self.calls.append(("exec", cluster_name))
+        if cluster_name not in self.clusters:
+            return self._request(self.real.exceptions.ClusterNotUpError(f"cluster {cluster_name} does not exist"))
+        self.clusters[cluster_name].append(task)
+        return self._request((len(self.clusters[cluster_name]), None))
+
+    def tail_logs(self, cluster_name, job_id, follow, tail=0, output_stream=None, **kw):
+        self.calls.append(("tail_logs", cluster_name, job_id))
+        return self._run(self.clusters[cluster_name][job_id - 1], output_stream, managed=False)
+
+    def down(self, cluster_name, **kw):
+        self.calls.append(("down", cluster_name))
+        if cluster_name not in self.clusters:
+            return self._request(self.real.exceptions.ClusterDoesNotExist(f"cluster {cluster_name!r} does not exist"))
+        del self.clusters[cluster_name]
+        return self._request(None)
+
+    def status(self, cluster_names=None, **kw):
+        self.calls.append(("status",))
+        return self._request([{"name": n, "status": SimpleNamespace(value="UP"), "launched_at": 0,
+                               "resources_str": "1x Fake(H100:1)"} for n in self.clusters])
+
+    # -- managed jobs
+    def _job_launch(self, task, name=None, **kw):
+        self.calls.append(("jobs.launch", name))
+        job_id = 100 + len(self.managed)
+        self.managed[job_id] = task
+        return self._request(([job_id], None))
+
+    def _job_tail(self, name=None, job_id=None, follow=True, output_stream=None, **kw):
+        self.calls.append(("jobs.tail_logs", job_id))
+        return self._run(self.managed[job_id], output_stream, managed=True)
+
+    def _job_cancel(self, name=None, job_ids=None, **kw):
+        self.calls.append(("jobs.cancel", tuple(job_ids or ())))
+        return self._request(None)
+
+    def _job_queue(self, refresh, skip_finished=False, job_ids=None, **kw):
+        self.calls.append(("jobs.queue_v2",))
+        return self._request(([{"job_id": j, "job_name": t.name, "status": "RUNNING", "recovery_count": 0,
+                                "submitted_at": 0} for j, t in self.managed.items()], len(self.managed), {}, 0))
+
+    # -- running a task as one node would
+    def _env(self, task) -> dict:
+        envs = {k: str(v).replace(STORE, self.bucket_dir) for k, v in task.envs.items()}
+        secrets = {k: v.get_secret_value() if hasattr(v, "get_secret_value") else v for k, v in task.secrets.items()}
+        self.secrets_seen.append(secrets)
+        return {**environment({"envs": envs}, 1), **secrets}
+
+    def _run(self, task, stream, managed: bool) -> int:
+        env = self._env(task)
+        setup = subprocess.run(["bash", "-c", task.setup], cwd=REPO, env=env, capture_output=True, text=True)
+        stream.write(setup.stdout + setup.stderr)
+        if setup.returncode:
+            return setup.returncode
+        steps = 0
+        while True:
+            proc = subprocess.Popen(["bash", "-c", task.run], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            preempted = False
+            for line in proc.stdout:
+                stream.write(line)
+                event = parse_line(line) or {}
+                if event.get("event") == "step":
+                    steps += 1
+                    if self.interrupt_after_steps is not None and steps >= self.interrupt_after_steps:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait()
+                        raise KeyboardInterrupt
+                if managed and self.preemptions_left and event.get("event") == "checkpoint":
+                    self.preemptions_left -= 1
+                    os.killpg(proc.pid, signal.SIGKILL)  # the spot node is gone, mid-run
+                    preempted = True
+                    break
+            proc.wait()
+            if not preempted:
+                return proc.returncode
+            stream.write("(sky) The job cluster is preempted or failed; recovering on a new cluster.\n")

@@ -1,0 +1,168 @@
+"""The SkyPilot launch flow at the SDK boundary: a recording fake in place of `sky`, the real trainer behind it.
+
+Launch, stream, result, ledger, teardown; a probe sweep on one cluster; spot preemption, recovery and
+resume; the budget stop; Ctrl-C then teardown; SkyPilot's errors as one line; status, down and logs.
+"""
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from nanolaunch import cloud, remote
+from nanolaunch.cli import app
+from nanolaunch.config import RunConfig
+from nanolaunch.errors import NanolaunchError
+from nanolaunch.launch import Request
+from nanolaunch.ledger import Ledger
+
+from fake_sky import FakeSky
+
+TINY = dict(depth=2, head_dim=32, vocab_size=512, seq_len=64, device_batch=4, total_batch=512, eval_every=5,
+            eval_tokens=2048, gpu="H100:1", data_source="synthetic", dtype="fp32")
+SECRET = "wandb-secret-value-123"
+
+
+@pytest.fixture
+def env(tmp_path, sky_home, monkeypatch):
+    home = tmp_path / "nl"
+    monkeypatch.setenv("NANOLAUNCH_HOME", str(home))
+    monkeypatch.setenv("NANOLAUNCH_BUCKET", "nl-test-bucket")
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    return home
+
+
+def install(monkeypatch, tmp_path, **behaviour) -> FakeSky:
+    fake = FakeSky(tmp_path / "bucket", **behaviour)
+    monkeypatch.setattr(cloud, "sdk", lambda: fake)
+    return fake
+
+
+def request(kind="run", probe=None, max_cost=None, **changes) -> Request:
+    config = RunConfig(**{**TINY, "iterations": 12, **changes})
+    return Request(kind, config, title=f"test {kind}", project="cloud", probe=probe, max_cost=max_cost,
+                   checkpoint_every=5, quiet=True)
+
+
+def names(fake):
+    return [c[0] for c in fake.calls]
+
+
+def test_run_launches_follows_records_and_tears_down(env, tmp_path, monkeypatch):
+    fake = install(monkeypatch, tmp_path)
+    row = remote.run(request())
+    assert row["status"] == "ok" and row["steps"] == 12 and row["val_bpb"] > 0
+    assert row["backend"] == "sky" and row["cluster"] == f"nl-{row['id']}" and row["sky_job_id"] == 1
+    assert names(fake) == ["launch", "tail_logs", "down"]
+    assert fake.calls[0][2] == {"idle_minutes_to_autostop": 10, "down": True}  # autostop and down, always
+    assert fake.clusters == {}  # nothing left billing
+    assert row["cost_usd"] == pytest.approx(row["usd_per_hour"] * row["wall_seconds"] / 3600)
+    assert row["usd_per_hour"] > 0 and "snapshot" in row["price_source"]
+    assert [e["kind"] for e in Ledger().events(row["id"])] == ["launch", "down"]
+    # the trainer wrote into the bucket, the launcher kept the log, and the secret reached only the job
+    assert (tmp_path / "bucket" / "runs" / f"{row['id']:05d}" / "result.json").exists()
+    assert fake.secrets_seen == [{"WANDB_API_KEY": SECRET}]
+    for path in [*env.rglob("*")]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_probe_sweep_reuses_one_cluster(env, tmp_path, monkeypatch):
+    fake = install(monkeypatch, tmp_path)
+    reqs = [request("dry", probe=3, device_batch=b) for b in (1, 2, 4)]
+    rows = remote.sweep(reqs)
+    assert [r["status"] for r in rows] == ["ok"] * 3 and [r["steps"] for r in rows] == [3, 3, 3]
+    assert names(fake) == ["launch", "tail_logs", "exec", "tail_logs", "exec", "tail_logs", "down"]
+    assert len({r["cluster"] for r in rows}) == 1
+    # the bucket's data cache is shared by every probe; each has its own run folder
+    tasks = [(remote.run_dir(r["id"]) / "task.yaml").read_text() for r in rows]
+    assert all("NL_DATA_DIR: /nl-store/data/synthetic" in t for t in tasks)
+    assert len({r["run_dir"] for r in rows}) == 3
+
+
+def test_spot_run_is_preempted_recovers_and_resumes(env, tmp_path, monkeypatch):
+    fake = install(monkeypatch, tmp_path, preempt_at_checkpoints=1)
+    row = remote.run(request(spot=True, iterations=10))
+    assert names(fake)[:2] == ["jobs.launch", "jobs.tail_logs"] and "down" not in names(fake)
+    assert row["managed"] == 1 and row["status"] == "ok" and row["steps"] == 10
+    assert row["recoveries"] == 1
+    kinds = [(e["kind"], e["detail"]) for e in Ledger().events(row["id"])]
+    assert kinds[0][0] == "launch" and ("recovered", "resumed from step 5") in kinds
+    assert [k for k, _ in kinds].index("preempted") < [k for k, _ in kinds].index("recovered")
+    assert row["cost_usd"] == pytest.approx(row["usd_per_hour"] * row["wall_seconds"] / 3600)  # across both
+    log = (env / "runs" / f"{row['id']:05d}" / "train.log").read_text()
+    assert "preempted" in log and log.count('"event": "start"') == 2
+    listed = CliRunner().invoke(app, ["ledger", "--project", "cloud"])
+    assert "ok (1 recovery)" in listed.output
+
+
+def test_trainer_stops_itself_at_the_budget(env, tmp_path, monkeypatch):
+    fake = install(monkeypatch, tmp_path)
+    # Predicted at well under a cent on an H100, but the fake node is this CPU: the trainer hits the cap.
+    row = remote.run(request(iterations=100_000, max_cost=0.002))
+    assert row["status"] == "over_budget", row["error"]
+    assert 0 < row["steps"] < 100_000 and names(fake)[-1] == "down"
+    task = fake.secrets_seen and (env / "runs" / f"{row['id']:05d}" / "task.yaml").read_text()
+    assert "NL_MAX_COST: '0.002'" in task
+
+
+def test_ctrl_c_tears_the_cluster_down(env, tmp_path, monkeypatch):
+    fake = install(monkeypatch, tmp_path, interrupt_after_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        remote.run(request(iterations=1000))
+    assert names(fake)[-1] == "down" and fake.clusters == {}
+    row = Ledger().rows("cloud")[-1]
+    assert row["status"] == "cancelled" and row["steps"] >= 3 and row["cost_usd"] is not None
+
+
+def test_ctrl_c_cancels_a_managed_job(env, tmp_path, monkeypatch):
+    fake = install(monkeypatch, tmp_path, interrupt_after_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        remote.run(request(spot=True, iterations=1000))
+    assert fake.calls[-1][0] == "jobs.cancel" and fake.calls[-1][1] == (100,)
+    assert Ledger().rows("cloud")[-1]["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("error, words", [
+    ("NoCloudAccessError", "sky check"),
+    ("ResourcesUnavailableError", "no capacity"),
+    ("ResourcesUnavailableError:quota", "no quota"),
+    ("ClusterSetUpError", "during setup"),
+])
+def test_skypilot_errors_become_one_line(env, tmp_path, monkeypatch, sky_home, error, words):
+    import sky
+
+    name, _, flavour = error.partition(":")
+    message = "Failed to provision: Found no quota for H100 in us-east-1" if flavour else f"{name} happened\nmore"
+    fake = install(monkeypatch, tmp_path, launch_error=getattr(sky.exceptions, name)(message))
+    with pytest.raises(NanolaunchError) as caught:
+        remote.run(request())
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+    row = Ledger().rows("cloud")[-1]
+    assert row["status"] == "crashed" and words in row["error"]
+    assert names(fake) == ["launch", "down"]  # teardown is tried even when the launch failed
+
+
+def test_status_logs_and_down(env, tmp_path, monkeypatch):
+    import yaml
+
+    fake = install(monkeypatch, tmp_path)
+    row = remote.run(request(iterations=6))
+    # Its cluster still up, as when a launcher dies before teardown: the same task on the same cluster.
+    task = yaml.safe_load((remote.run_dir(row["id"]) / "task.yaml").read_text())
+    job_id = cloud.launch(cloud.to_task(task), row["cluster"])
+    runner = CliRunner()
+    shown = runner.invoke(app, ["status", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert f'"run": {row["id"]}' in shown.output and '"status": "UP"' in shown.output
+    logs = runner.invoke(app, ["logs", str(row["id"])])
+    assert logs.exit_code == 0, logs.output
+    assert ("tail_logs", row["cluster"], job_id) in fake.calls
+    assert '"event": "result"' in logs.output and "resumed" in logs.output  # the trainer found its checkpoint
+    gone = runner.invoke(app, ["down", str(row["id"])])
+    assert gone.exit_code == 0 and "tore down" in gone.output and fake.clusters == {}
+    assert Ledger().get(row["id"])["status"] == "ok"  # a finished row stays as it was
+
+
+def test_no_api_server_was_started():
+    found = subprocess.run(["pgrep", "-f", "sky.server.server"], capture_output=True, text=True)
+    assert found.returncode == 1, found.stdout
