@@ -59,6 +59,25 @@ def test_incomplete_checkpoints_are_invisible(tmp_path):
     assert [p.name for p in base.iterdir()] == ["step_000010"]
 
 
+def test_where_directories_cannot_be_renamed_files_move_marker_last(tmp_path, monkeypatch):
+    """Bucket mounts (FUSE) may refuse to rename a directory; the checkpoint is still complete or invisible."""
+    real_rename, moved = os.rename, []
+
+    def rename(src, dst):
+        if os.path.isdir(src):
+            raise OSError(38, "Function not implemented")  # what such a mount answers
+        if os.path.basename(dst) != checkpoint.MARKER:  # every file is there before the marker arrives
+            assert not (Path(dst).parent / checkpoint.MARKER).exists()
+        moved.append(os.path.basename(dst))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    path = save(tmp_path, 10)
+    assert moved[-1] == checkpoint.MARKER and set(moved) == {*checkpoint.FILES, checkpoint.MARKER}
+    assert checkpoint.latest(tmp_path) == path and checkpoint.load(path, rank=0)["state"]["step"] == 10
+    assert not list(checkpoint.root(tmp_path).glob(".tmp-*"))
+
+
 def test_write_that_dies_midway_leaves_no_complete_checkpoint(tmp_path, monkeypatch):
     good = save(tmp_path, 10)
     real = torch.save

@@ -10,7 +10,9 @@ RUN_DIR/checkpoints/step_000500/
 A checkpoint is written into RUN_DIR/checkpoints/.tmp-step_000500-PID, every file fsynced, COMPLETE
 written and fsynced, then the directory is renamed to step_000500 (and the parent fsynced). A write that
 is killed leaves a .tmp-* directory (or, never, a step_* without COMPLETE); resume ignores both and the
-next run sweeps the temp directories. Older complete checkpoints are rotated away.
+next run sweeps the temp directories. Where directories cannot be renamed (a FUSE bucket mount), the files
+are moved one by one into step_000500 with COMPLETE last, which keeps the same guarantee. Older complete
+checkpoints are rotated away.
 """
 from __future__ import annotations
 
@@ -112,12 +114,24 @@ def save(run_dir, step: int, *, model_state: dict, optim_states: list, rank_stat
     _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)  # an incomplete leftover of the same name
-    os.rename(tmp, final)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # bucket mounts (FUSE) may not rename directories: move the files, the marker last
+        _move_files(tmp, final)
     _fsync_dir(base)
     if keep > 0:
         for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _move_files(tmp: Path, final: Path) -> None:
+    """Still complete or invisible: until COMPLETE (with every size) arrives, resume ignores `final`."""
+    final.mkdir()
+    for name in (*FILES, MARKER):
+        os.rename(tmp / name, final / name)
+    _fsync_dir(final)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load(path: Path, rank: int) -> dict:
