@@ -60,6 +60,10 @@ def errors(what: str):
                               f"like this; rerun): {_first_line(e)}") from None
     except exc.ApiServerConnectionError:
         raise NanolaunchError(f"{what}: cannot reach the SkyPilot API server; start it with `sky api start`") from None
+    except RuntimeError as e:  # e.g. no API server endpoint configured and a local one disabled
+        if "API server" not in str(e):
+            raise
+        raise NanolaunchError(f"{what}: {_first_line(e)}") from None
 
 
 def optimize(task) -> dict[str, Any]:
@@ -103,10 +107,15 @@ def tail(cluster: str, job_id: int, stream: TextIO) -> int | None:
         return sdk().tail_logs(cluster, job_id, follow=True, output_stream=stream)
 
 
-def down(cluster: str) -> None:
+def down(cluster: str) -> bool:
+    """Tear `cluster` down; False when there was nothing to tear down."""
     sky = sdk()
     with errors(f"tearing down {cluster}"):
-        sky.stream_and_get(sky.down(cluster))
+        try:
+            sky.stream_and_get(sky.down(cluster))
+        except sky.exceptions.ClusterDoesNotExist:
+            return False
+    return True
 
 
 def clusters(prefix: str) -> list[dict[str, Any]]:

@@ -218,11 +218,11 @@ def _partial(state: RunState) -> dict:
 
 def _down(ledger: Ledger, run_id: int | None, cluster: str) -> None:
     try:
-        cloud.down(cluster)
+        existed = cloud.down(cluster)
     except Exception as e:  # noqa: BLE001 -- teardown must be tried, and its failure said, never hidden
         out.warn(f"could not tear down {cluster}: {e}; run `sky down {cluster}` (it also autostops when idle)")
         if run_id is not None:
             ledger.add_event(run_id, "down_failed", str(e)[:500])
         return
     if run_id is not None:
-        ledger.add_event(run_id, "down", cluster)
+        ledger.add_event(run_id, "down", cluster if existed else f"{cluster} (never came up)")

@@ -90,16 +90,18 @@ def down(run_id: RunArg) -> None:
     row = db.get(run_id)
     if not row["cluster"]:
         raise NanolaunchError(f"run #{run_id} ran on the {row['backend']} backend: it has no cluster to tear down")
+    existed = True
     if row["managed"]:
         cloud.job_cancel(row["sky_job_id"])
     else:
-        cloud.down(row["cluster"])
+        existed = cloud.down(row["cluster"])
     for other in db.rows():  # a probe sweep shares one cluster: every row on it has stopped
         if other["cluster"] == row["cluster"]:
             db.add_event(other["id"], "down", f"nanolaunch down {run_id}")
             if other["status"] == "running":
                 db.finish(other["id"], "cancelled", {"error": "torn down by `nanolaunch down`"})
-    out.console().print(f"{'cancelled managed job' if row['managed'] else 'tore down'} {row['cluster']} (run #{run_id})")
+    done = "cancelled managed job" if row["managed"] else ("tore down" if existed else "nothing to tear down:")
+    out.console().print(f"{done} {row['cluster']} (run #{run_id})")
 
 
 def logs(run_id: RunArg, follow: Annotated[bool, typer.Option(help="Keep following until the run ends.")] = True) -> None:
