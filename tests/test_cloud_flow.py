@@ -93,6 +93,8 @@ def test_spot_run_is_preempted_recovers_and_resumes(env, tmp_path, monkeypatch):
     assert "preempted" in log and log.count('"event": "start"') == 2
     listed = CliRunner().invoke(app, ["ledger", "--project", "cloud"])
     assert "ok (1 recovery)" in listed.output
+    shown = CliRunner().invoke(app, ["show", str(row["id"])])
+    assert "preempted after step 5" in shown.output and "recovered resumed from step 5" in shown.output
 
 
 def test_trainer_stops_itself_at_the_budget(env, tmp_path, monkeypatch):

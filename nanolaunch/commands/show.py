@@ -25,7 +25,8 @@ def show(
     reconcile(db)
     row = db.get(run)
     state = follow_log(row["log_path"])
-    data = {**export_row(row), "config": row["config"], "plan": row["plan"], "curve": state.curve}
+    data = {**export_row(row), "config": row["config"], "plan": row["plan"], "curve": state.curve,
+            "events": db.events(run)}
     if plot:
         write_plot(data, plot)
     out.emit(data, as_json, _render)
@@ -65,6 +66,11 @@ def _render(d: dict) -> None:
     if d.get("error"):
         c.print(f"error     {d['error']}")
     c.print(f"folder    {d['run_dir']}")
+    if d.get("cluster"):
+        start = d["started_at"] or 0
+        happened = " · ".join(f"{e['kind']} {e['detail']} (+{out.seconds(e['at'] - start)})".replace("  ", " ")
+                              for e in d["events"])
+        c.print(f"cloud     {d['cluster']}: {happened or 'no events'}")
     for key in ("loss", "val_bpb"):
         points = _series(d["curve"], key)
         if points:
