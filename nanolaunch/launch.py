@@ -11,7 +11,7 @@ from nanolaunch.config import RunConfig
 from nanolaunch.events import RunState
 from nanolaunch.ledger import Ledger
 from nanolaunch.local import free_port, run_task
-from nanolaunch.planner import measured_from_preset, plan as make_plan
+from nanolaunch.planner import plan as make_plan
 from nanolaunch.presets import Preset, home
 from nanolaunch.runs import LOG_NAME, RESULT_NAME, git_commit, run_dir
 from nanolaunch.task import RunOptions, render, to_yaml
@@ -39,7 +39,10 @@ def data_dir(config: RunConfig) -> str:
 
 
 def derived(config: RunConfig, preset: Preset | None) -> dict:
-    measured, source = measured_from_preset(preset, config)
+    """The plan a run is launched with (and later compared against): the ledger's own measurements first."""
+    from nanolaunch import calibration
+
+    measured, source = calibration.measured_for(config, preset, calibration.ledger_rows())
     return make_plan(config, measured=measured, measured_from=source, rank_alternatives=False)
 
 

@@ -90,13 +90,14 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
     tput = throughput(config, gpu, mfu, measured, measured_from)
 
     step_s = train_s = eval_s = wall_h = None
+    startup_s = (measured or {}).get("startup_seconds") if mfu is None else None
     n_evals = count_evals(iterations, config.eval_every)
     if tput.flops_per_second:
         cluster_flops = tput.flops_per_second * world
         step_s = config.total_batch * shape.flops_per_token / cluster_flops
         train_s = step_s * iterations
         eval_s = n_evals * config.eval_tokens * shape.flops_per_token / 3 / cluster_flops  # forward only: 1/3
-        wall_h = (train_s + eval_s) / 3600
+        wall_h = (train_s + eval_s + (startup_s or 0)) / 3600
 
     if local:
         rate, price_source = prices.local_rate()
@@ -121,6 +122,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         "fits": mem.fits, "memory": mem.as_dict(),
         "peak_flops": gpu.peak_flops, "mfu": tput.mfu, "mfu_source": tput.source,
         "step_seconds": step_s, "evals": n_evals, "eval_seconds": eval_s, "train_seconds": train_s,
+        "startup_seconds": startup_s,
         "wall_hours": wall_h, "spot": config.spot, "usd_per_hour": rate, "price_source": price_source,
         "usd_per_hour_on_demand": on_demand_rate, "usd_per_hour_spot": spot_rate,
         "cost_usd": _cost(wall_h, on_demand_rate), "cost_usd_spot": _cost(wall_h, spot_rate),

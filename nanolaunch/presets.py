@@ -116,8 +116,8 @@ def to_toml(description: str, config: dict, provenance: dict, results: dict) -> 
     return "\n".join(lines) + "\n"
 
 
-def write(name: str, text: str, *, overwrite: bool = False) -> Path:
-    """Writes a promoted preset atomically; never replaces one silently, never shadows a built-in."""
+def check_new_name(name: str, overwrite: bool = False) -> Path:
+    """Where a new preset `name` would go; refuses bad names, built-ins, and (unless overwrite) existing ones."""
     import re
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
@@ -127,6 +127,12 @@ def write(name: str, text: str, *, overwrite: bool = False) -> Path:
     path = user_dir() / f"{name}.toml"
     if path.exists() and not overwrite:
         raise NanolaunchError(f"preset {name!r} exists ({path}); pass --force to replace it")
+    return path
+
+
+def write(name: str, text: str, *, overwrite: bool = False) -> Path:
+    """Writes a promoted preset atomically; never replaces one silently, never shadows a built-in."""
+    path = check_new_name(name, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{name}.toml.tmp")
     tmp.write_text(text)

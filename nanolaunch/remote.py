@@ -96,10 +96,12 @@ def run(req: Request, ledger: Ledger | None = None) -> dict:
     return sweep([req], ledger)[0]
 
 
-def sweep(reqs: list[Request], ledger: Ledger | None = None) -> list[dict]:
+def sweep(reqs: list[Request], ledger: Ledger | None = None,
+          stop: Callable[[list[dict]], bool] = lambda done: False) -> list[dict]:
     """The requests one after another on one cluster (a probe sweep provisions once), then teardown.
 
-    Each row is finished when its job ends, except the last, which also pays for the teardown."""
+    Each row is finished when its job ends, except the last, which also pays for the teardown. `stop`
+    sees the rows so far after each job (the last one still open) and ends the sweep early."""
     ledger = ledger or Ledger()
     ids, cluster, last = [], None, None
     try:
@@ -130,6 +132,8 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None) -> list[dict]:
                 raise
             finally:
                 sink.close()
+            if stop([*[ledger.get(i) for i in ids[:-1]], {**ledger.get(run_id), "status": last[1], **_figures(last[2])}]):
+                break
     finally:
         if cluster is not None:  # however the sweep ended: never leave a GPU billing
             _down(ledger, ids[-1], cluster)
@@ -209,6 +213,10 @@ def _outcome(state: RunState, code: int | None) -> tuple[str, dict]:
         return state.result["status"], dict(state.result)
     status = EXIT_STATUS.get(code, "crashed")
     return status, {"error": f"the job ended (exit {code}) without a result; see the log"} if status != "ok" else {}
+
+
+def _figures(result: dict) -> dict:
+    return {k: result[k] for k in ("tokens_per_second", "step_ms", "mfu", "peak_memory_gib") if k in result}
 
 
 def _partial(state: RunState) -> dict:

@@ -7,7 +7,8 @@ import typer
 
 from nanolaunch import output as out
 from nanolaunch.commands.common import JsonOpt, ModelArg, PresetOpt, resolve
-from nanolaunch.planner import measured_from_preset, plan as make_plan
+from nanolaunch import calibration
+from nanolaunch.planner import plan as make_plan
 
 
 def plan(
@@ -31,10 +32,12 @@ def plan(
     config, chosen = resolve(model, preset, depth=depth, ratio=ratio, iterations=iterations, gpu=gpu, nodes=nodes,
                              device_batch=batch, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
                              shards=shards, spot=spot)
-    measured, measured_from = measured_from_preset(chosen, config)
+    rows = calibration.ledger_rows()
+    measured, measured_from = calibration.measured_for(config, chosen, rows)
     result = make_plan(config, mfu=mfu, measured=measured, measured_from=measured_from)
     result["preset"] = chosen.name if chosen else None
     result["config"] = config.to_dict()
+    result["past_predictions"] = calibration.track_record(rows, result["preset"], result["gpu"])
     for w in result["warnings"]:
         out.warn(w)
     out.emit(result, as_json, render)
@@ -71,12 +74,24 @@ def render(p: dict) -> None:
     peak = "unknown peak" if p["peak_flops"] is None else f"{p['peak_flops'] / 1e12:g} TFLOP/s bf16 × {p['world_size']}"
     row("MFU", out.pct(p["mfu"]), f"{p['mfu_source']}; denominator {peak}")
     row("step time", out.seconds(p["step_seconds"]), f"{p['evals']} evals take {out.seconds(p['eval_seconds'])}")
-    row("wall time", out.hours(p["wall_hours"]), "training + evaluation, excluding setup")
+    row("wall time", out.hours(p["wall_hours"]),
+        "training + evaluation, excluding setup" if p["startup_seconds"] is None
+        else f"training + evaluation + {out.seconds(p['startup_seconds'])} start-up as measured")
     row("price", f"{out.usd(p['usd_per_hour'])}/h" + (" spot" if p["spot"] else ""), p["price_source"])
     row("cost", f"{out.usd(p['cost_usd'])} on-demand · {out.usd(p['cost_usd_spot'])} spot", "")
     c.print(f"[bold]{title}[/] on {p['nodes']} node(s) of {p['gpus_per_node']}×{p['gpu']} ({p['gpu_description']})")
     for line in lines:
         c.print(line)
+    if p.get("past_predictions"):
+        t = out.table("#", "kind", "wall predicted", "measured", "error", "cost predicted", "measured", "error",
+                      "memory predicted", "measured", "error", title="past predictions against measurements")
+        for r in p["past_predictions"]:
+            t.add_row(str(r["id"]), r["kind"], out.seconds(r["wall_predicted_s"]), out.seconds(r["wall_s"]),
+                      _signed(r["wall_error"]), out.usd(r["cost_predicted_usd"]), out.usd(r["cost_usd"]),
+                      _signed(r["cost_error"]), f"{out.num(r['memory_predicted_gib'], 2)} GiB",
+                      f"{out.num(r['memory_gib'], 2)} GiB", _signed(r["memory_error"]))
+        c.print()
+        c.print(t)
     if p.get("ranking"):
         r = out.table("GPU", "fits", "peak mem", "wall", "$/h", "cost", "spot cost",
                       title="GPU choices, cheapest first")
@@ -86,3 +101,7 @@ def render(p: dict) -> None:
                       out.usd(g["cost_usd_spot"]))
         c.print()
         c.print(r)
+
+
+def _signed(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:+.0f}%"

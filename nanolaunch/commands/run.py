@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from nanolaunch import gpus, output as out
+from nanolaunch import batch_search, gpus, output as out, presets
 from nanolaunch.commands.common import JsonOpt, ModelArg, PresetOpt, resolve
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.config import RunConfig
@@ -95,19 +95,31 @@ def parse_batches(text: str) -> list[int]:
 def dry(
     model: ModelArg = None,
     preset: PresetOpt = None,
-    batch: Annotated[str, typer.Option("--batch", help="Device batch, or several: 8,16,32.")] = "",
+    batch: Annotated[str, typer.Option("--batch", help="Device batch, several (8,16,32), or auto: the batches that "
+                                                       "divide the total batch, largest first, until none is faster.")] = "",
     iters: Annotated[int, typer.Option(help="Iterations per probe.")] = 20,
     gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] per node, or cpu.")] = None,
     memory_limit_gib: Annotated[Optional[float], typer.Option(
         help="Cap each local probe's memory (a real allocation failure past it is an OOM).")] = None,
     force: Annotated[bool, typer.Option(help="Probe even batches predicted not to fit.")] = False,
+    save_preset: Annotated[Optional[str], typer.Option(help="Save the best batch as a new preset of this name.")] = None,
     project: ProjectOpt = "default",
     local: LocalOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Probe batch sizes for N iterations each: OOM or not, MFU, step time, peak memory."""
     config, chosen = resolve(model, preset, gpu=gpu)
-    batches = parse_batches(batch) if batch else [config.device_batch]
+    auto = batch.strip().lower() == "auto"
+    if auto:  # probes run on one node
+        per_node = gpus.parse_gpu_spec(config.gpu)[1]
+        batches = batch_search.candidates(config.total_batch, config.seq_len, per_node)
+        if not batches:
+            raise NanolaunchError(f"--batch auto: total batch {config.total_batch:,} is not a whole number of "
+                                  f"sequences per GPU ({config.seq_len:,} tokens × {per_node} GPU)")
+    else:
+        batches = parse_batches(batch) if batch else [config.device_batch]
+    if save_preset is not None:
+        presets.check_new_name(save_preset)  # before spending anything
     if iters < 1:
         raise NanolaunchError("--iters must be at least 1")
     probes, refused = [], []
@@ -130,17 +142,49 @@ def dry(
         out.warn(f"batch {b} predicted not to fit: not probed (--force probes it anyway)")
     reqs = [Request("dry", candidate, chosen, project=project, probe=iters, memory_limit_gib=memory_limit_gib,
                     quiet=as_json) for _, candidate in probes]
+    stop = (lambda done: batch_search.should_stop([export_row(r) for r in done])) if auto else (lambda done: False)
     if _on_cloud(config, local):  # one cluster for the whole sweep
         from nanolaunch import remote
 
-        done = remote.sweep(reqs) if reqs else []
+        done = remote.sweep(reqs, stop=stop) if reqs else []
     else:
-        done = [run_local(r) for r in reqs]
+        done = []
+        for r in reqs:
+            done.append(run_local(r))
+            if stop(done):
+                break
     rows = [export_row(row) | {"grad_accum": (row["plan"] or {}).get("grad_accum")} for row in done]
-    best = min((r for r in rows if r["status"] == "ok" and r["step_ms"]), key=lambda r: r["step_ms"], default=None)
+    best = batch_search.best(rows)
     for r in rows:
         r["best"] = r is best
+    if auto and not as_json:
+        out.console().print(f"batch auto: probed {len(rows)} of {len(probes)} candidates that fit "
+                            f"({', '.join(str(b) for b, _ in probes)}), largest first"
+                            + (f"; stopped after {batch_search.PATIENCE} probes that were not "
+                               f"{batch_search.tie(rows):.0%} faster" if len(rows) < len(probes) else ""))
     out.emit(rows, as_json, _profile)
+    if save_preset is not None:
+        if best is None:
+            raise NanolaunchError("no probe finished ok: nothing to save as a preset")
+        path = _save_best(save_preset, best, rows, chosen, config)
+        out.console(stderr=True).print(f"saved batch {best['device_batch']} as preset {save_preset} ({path})")
+
+
+def _save_best(name: str, best: dict, rows: list[dict], chosen, config: RunConfig):
+    """A preset derived from the probed one, with the winning batch and what its probe measured."""
+    import datetime
+
+    results = {k: best[k] for k in ("mfu", "tokens_per_second", "step_ms", "peak_memory_gib") if best[k] is not None}
+    probes = ", ".join(f"#{r['id']} b{r['device_batch']} {r['status']}" for r in rows)
+    provenance = {"source": f"nanolaunch dry --batch on {best['gpu_count'] or 1}×{best['gpu']}: probes {probes}",
+                  "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    if chosen is not None:  # derived from its preset: only the batch changes
+        text = f'base = "{chosen.name}"\n' + presets.to_toml(f"{chosen.name} with the batch its probes chose",
+                                                              {"device_batch": best["device_batch"]}, provenance, results)
+    else:
+        text = presets.to_toml(f"d{config.depth} with the batch its probes chose",
+                               config.replace(device_batch=best["device_batch"]).to_dict(), provenance, results)
+    return presets.write(name, text)
 
 
 def _profile(rows: list[dict]) -> None:

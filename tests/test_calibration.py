@@ -1,0 +1,73 @@
+"""Predictions from the ledger's own measurements, and how far past predictions were from them."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from nanolaunch.cli import app
+from nanolaunch.config import RunConfig
+from nanolaunch.ledger import Ledger
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOLAUNCH_HOME", str(tmp_path))
+    return Ledger()
+
+
+def record(db, config: RunConfig, kind="dry", status="ok", plan=None, **measured) -> int:
+    gpu, _, count = config.gpu.partition(":")
+    run_id = db.add(project="t", title=kind, kind=kind, preset=measured.pop("preset", None), config=config.to_dict(),
+                    plan=plan or {}, backend="local", gpu=gpu, gpu_count=int(count or 1), nodes=1, status="running")
+    db.finish(run_id, status, {"steps": 20, **measured}, wall_seconds=measured.get("wall_seconds", 30.0))
+    return run_id
+
+
+def plan(*args) -> dict:
+    out = CliRunner().invoke(app, ["plan", *args, "--json"])
+    assert out.exit_code == 0, out.output
+    return json.loads(out.output)
+
+
+def test_no_ledger_means_the_default_and_planning_creates_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOLAUNCH_HOME", str(tmp_path / "fresh"))
+    p = plan("d6", "--gpu", "H100:1")
+    assert p["mfu"] == 0.47 and "seed record" in p["mfu_source"] and p["past_predictions"] == []
+    assert not (tmp_path / "fresh" / "ledger.db").exists()
+
+
+def test_nearest_probe_of_the_same_gpu_kind_sets_the_mfu(db):
+    record(db, RunConfig(depth=4, gpu="H100:1", device_batch=16, iterations=20), mfu=0.31, tokens_per_second=1e6)
+    far = record(db, RunConfig(depth=20, gpu="H100:1", iterations=20), mfu=0.52, tokens_per_second=1e5)
+    record(db, RunConfig(depth=6, gpu="A100:1", iterations=20), mfu=0.60, tokens_per_second=5e5)  # another kind
+    record(db, RunConfig(depth=6, gpu="H100:1", iterations=20), status="oom")  # not a measurement
+    p = plan("d6", "--gpu", "H100:1")
+    assert p["mfu"] == 0.31 and p["mfu_source"].startswith("measured (ledger #1: dry d4 batch 16")
+    p = plan("d18", "--gpu", "H100:1")
+    assert p["mfu"] == 0.52 and f"ledger #{far}" in p["mfu_source"]
+    assert plan("d6", "--gpu", "H100:1", "--mfu", "0.4")["mfu"] == 0.4  # --mfu still wins
+
+
+def test_on_a_cpu_the_probe_flops_carry_over_and_its_startup_counts(db):
+    probe = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+                      total_batch=4096, iterations=20, data_source="stdlib")
+    record(db, probe, tokens_per_second=10_000.0, step_ms=409.6, wall_seconds=20.0)
+    p = plan("--preset", "cpu_demo", "--depth", "4")
+    flops_per_second = 10_000.0 * probe.shape.flops_per_token
+    assert p["step_seconds"] == pytest.approx(4096 * p["flops_per_token"] / flops_per_second)
+    assert p["startup_seconds"] == pytest.approx(20.0 - 20 * 0.4096)
+    assert p["wall_hours"] * 3600 == pytest.approx(p["train_seconds"] + p["eval_seconds"] + p["startup_seconds"])
+
+
+def test_plan_shows_how_far_past_predictions_were(db):
+    config = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+                       total_batch=4096, iterations=300, data_source="stdlib")
+    predicted = {"wall_hours": 110 / 3600, "cost_usd": 0.11, "peak_memory_gib": 0.55}
+    record(db, config, kind="run", plan=predicted, preset="cpu_demo", wall_seconds=100.0, peak_memory_gib=0.5,
+           tokens_per_second=9000.0)
+    p = plan("--preset", "cpu_demo")
+    (past,) = p["past_predictions"]
+    assert past["wall_error"] == pytest.approx(0.10) and past["memory_error"] == pytest.approx(0.10)
+    assert past["cost_error"] is None  # measured at $0 (local rate 0): no ratio to show
+    text = CliRunner().invoke(app, ["plan", "--preset", "cpu_demo"]).output
+    assert "past predictions against measurements" in text and "+10%" in text
