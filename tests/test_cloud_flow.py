@@ -79,6 +79,15 @@ def test_probe_sweep_reuses_one_cluster(env, tmp_path, monkeypatch):
     assert len({r["run_dir"] for r in rows}) == 3
 
 
+def test_a_sweep_that_stops_early_still_tears_down(env, tmp_path, monkeypatch):
+    fake = install(monkeypatch, tmp_path)
+    reqs = [request("dry", probe=2, device_batch=b) for b in (4, 2, 1)]
+    rows = remote.sweep(reqs, stop=lambda done: len(done) == 2 and done[-1]["status"] == "ok")
+    assert [r["device_batch"] for r in map(lambda r: r["config"], rows)] == [4, 2]
+    assert names(fake) == ["launch", "tail_logs", "exec", "tail_logs", "down"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
 def test_spot_run_is_preempted_recovers_and_resumes(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path, preempt_at_checkpoints=1)
     row = remote.run(request(spot=True, iterations=10))
