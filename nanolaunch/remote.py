@@ -85,7 +85,7 @@ def dryrun(req: Request, plan: dict) -> dict:
     opts = RunOptions(run_dir=remote_run, data_dir=remote_data, bucket=default_bucket(), managed=managed)
     task = render(req.config, opts, name=f"{PREFIX}dryrun")
     chosen = cloud.optimize(cloud.to_task(task))
-    return {"name": task["name"], "nodes": task["num_nodes"], "accelerators": task["resources"].get("accelerators"),
+    return {"name": task["name"], "nodes": task["num_nodes"], "accelerators": req.config.gpu,
             "skypilot": chosen, "plan": {k: plan[k] for k in ("usd_per_hour", "price_source", "wall_hours", "cost_usd")}}
 
 
@@ -113,8 +113,12 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
             ids.append(run_id)
             cluster = cluster or f"{PREFIX}{run_id}"
             ledger.update(run_id, cluster=cluster)
-            task, follower, sink = _prepare(ledger, run_id, req, plan, managed=False)
             last = (run_id, "crashed", {"error": "the launcher stopped before the job ended"})
+            try:
+                task, follower, sink = _prepare(ledger, run_id, req, plan, managed=False)
+            except Exception as e:  # noqa: BLE001 -- e.g. SkyPilot rejects the task: the row says so
+                last = (run_id, "crashed", {"error": str(e)})
+                raise
             try:
                 with follower.display:
                     ledger.add_event(run_id, "launch" if i == 0 else "submit", cluster)
@@ -148,7 +152,11 @@ def _managed(req: Request, ledger: Ledger) -> dict:
     run_id = open_row(ledger, req, plan, "sky", nodes=req.config.nodes, managed=1, pid=os.getpid())
     name = f"{PREFIX}{run_id}"
     ledger.update(run_id, cluster=name)
-    task, follower, sink = _prepare(ledger, run_id, req, plan, managed=True)
+    try:
+        task, follower, sink = _prepare(ledger, run_id, req, plan, managed=True)
+    except Exception as e:  # noqa: BLE001
+        ledger.finish(run_id, "crashed", {"error": str(e)})
+        raise
     status, result, job_id = "crashed", {}, None
     try:
         with follower.display:

@@ -153,6 +153,15 @@ def test_skypilot_errors_become_one_line(env, tmp_path, monkeypatch, sky_home, e
     assert names(fake) == ["launch", "down"]  # teardown is tried even when the launch failed
 
 
+def test_a_task_skypilot_rejects_closes_its_row(env, tmp_path, monkeypatch):
+    install(monkeypatch, tmp_path)
+    monkeypatch.setattr(remote, "render", lambda *a, **k: {"name": "nl-x", "resources": {"acelerators": "H100:1"}})
+    with pytest.raises(NanolaunchError, match="SkyPilot rejects the task"):
+        remote.run(request())
+    row = Ledger().rows("cloud")[-1]
+    assert row["status"] == "crashed" and "acelerators" in row["error"]
+
+
 def test_status_logs_and_down(env, tmp_path, monkeypatch):
     import yaml
 
