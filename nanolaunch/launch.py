@@ -30,6 +30,7 @@ class Request:
     memory_limit_gib: float | None = None
     max_cost: float | None = None
     checkpoint_every: int = 500  # steps; a recovered spot run loses at most this much
+    wandb_project: str | None = None  # W&B logging (the key comes from WANDB_API_KEY, as a secret in the cloud)
     quiet: bool = False
 
 
@@ -75,7 +76,7 @@ def run_local(req: Request, ledger: Ledger | None = None) -> dict:
     opts = RunOptions(run_dir=str(folder), data_dir=data_dir(config), probe=req.probe,
                       memory_limit_gib=req.memory_limit_gib, max_cost=req.max_cost,
                       price_per_hour=plan["usd_per_hour"] if req.max_cost is not None else None,
-                      master_port=free_port())
+                      master_port=free_port(), wandb_project=req.wandb_project)
     task = render(config, opts, name=f"nanolaunch-{run_id}")
     write_task(folder, task, config)
     ledger.update(run_id, run_dir=str(folder), log_path=str(folder / LOG_NAME), result_path=str(folder / RESULT_NAME))
@@ -104,6 +105,8 @@ class LiveRow:
     def __call__(self, event: dict, state: RunState) -> None:
         if self.display is not None:
             self.display.update(event, state)
+        if event["event"] == "wandb" and event.get("url"):
+            self.ledger.update(self.run_id, wandb_url=event["url"])
         now = time.monotonic()
         if event["event"] == "step" and now - self.last_write > LEDGER_UPDATE_SECONDS:
             self.last_write = now

@@ -205,7 +205,8 @@ def _prepare(ledger: Ledger, run_id: int, req: Request, plan: dict, managed: boo
     remote_run, remote_data = store_paths(run_id, config.data_source)
     opts = RunOptions(run_dir=remote_run, data_dir=remote_data, probe=req.probe, max_cost=req.max_cost,
                       price_per_hour=plan["usd_per_hour"] if req.max_cost is not None else None,
-                      checkpoint_every=req.checkpoint_every, bucket=default_bucket(), managed=managed)
+                      checkpoint_every=req.checkpoint_every, wandb_project=req.wandb_project,
+                      bucket=default_bucket(), managed=managed)
     task = render(config, opts, name=f"{PREFIX}{run_id}")
     folder = run_dir(run_id)
     write_task(folder, task, config)

@@ -3,7 +3,10 @@
 Launch, stream, result, ledger, teardown; a probe sweep on one cluster; spot preemption, recovery and
 resume; the budget stop; Ctrl-C then teardown; SkyPilot's errors as one line; status, down and logs.
 """
+import dataclasses
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -64,6 +67,17 @@ def test_run_launches_follows_records_and_tears_down(env, tmp_path, monkeypatch)
     for path in [*env.rglob("*")]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_wandb_logs_with_the_secret_and_its_url_reaches_the_ledger(env, tmp_path, monkeypatch):
+    fake = install(monkeypatch, tmp_path)
+    stubs = Path(__file__).parent / "stubs"
+    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("WANDB_STUB_LOG", str(tmp_path / "wandb.jsonl"))
+    row = remote.run(dataclasses.replace(request(iterations=6), wandb_project="nl-proj"))
+    assert row["status"] == "ok" and row["wandb_url"] == "https://wandb.ai/nanolaunch-test/nl-proj/runs/stub"
+    assert fake.secrets_seen == [{"WANDB_API_KEY": SECRET}]
+    assert '"val_bpb"' in (tmp_path / "wandb.jsonl").read_text()
 
 
 def test_probe_sweep_reuses_one_cluster(env, tmp_path, monkeypatch):

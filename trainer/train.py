@@ -428,6 +428,8 @@ class Run:
             self.wandb = None
             return
         self.wandb = wandb.init(project=self.args.wandb_project, name=self.args.run_name, config=self.config())
+        from trainer.events import emit
+        emit("wandb", url=getattr(self.wandb, "url", None), project=self.args.wandb_project)  # for the ledger
 
     # -- pieces of the loop -----------------------------------------------------------------------------
     def config(self) -> dict:

@@ -36,6 +36,8 @@ def run(
     project: ProjectOpt = "default",
     local: LocalOpt = False,
     max_cost: Annotated[Optional[float], typer.Option(help="Refuse, or stop the trainer, beyond this many $.")] = None,
+    wandb_project: Annotated[Optional[str], typer.Option(envvar="WANDB_PROJECT",
+                                                         help="Log to this W&B project (key: WANDB_API_KEY).")] = None,
     dryrun: Annotated[bool, typer.Option("--dryrun", help="Validate the task and let SkyPilot choose the instance; "
                                                            "launch nothing.")] = False,
     as_json: JsonOpt = False,
@@ -47,7 +49,8 @@ def run(
     if max_cost is not None and plan["cost_usd"] is not None and plan["cost_usd"] > max_cost:
         raise NanolaunchError(f"estimated cost {out.usd(plan['cost_usd'])} exceeds --max-cost {out.usd(max_cost)} "
                               f"({out.hours(plan['wall_hours'])} at {out.usd(plan['usd_per_hour'])}/h)")
-    req = Request("run", config, chosen, title, project, max_cost=max_cost, quiet=as_json)
+    req = Request("run", config, chosen, title, project, max_cost=max_cost, wandb_project=wandb_project or None,
+                  quiet=as_json)
     if dryrun:
         from nanolaunch import remote
 
