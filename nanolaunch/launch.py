@@ -39,12 +39,12 @@ def data_dir(config: RunConfig) -> str:
     return str(home() / "cache" / "data" / config.data_source)
 
 
-def derived(config: RunConfig, preset: Preset | None) -> dict:
+def derived(config: RunConfig, preset: Preset | None, probe: bool = False) -> dict:
     """The plan a run is launched with (and later compared against): the ledger's own measurements first."""
     from nanolaunch import calibration
 
     measured, source = calibration.measured_for(config, preset, calibration.ledger_rows())
-    return make_plan(config, measured=measured, measured_from=source, rank_alternatives=False)
+    return make_plan(config, measured=measured, measured_from=source, rank_alternatives=False, probe=probe)
 
 
 def open_row(ledger: Ledger, req: Request, plan: dict, backend: str, nodes: int, **fields) -> int:
@@ -68,7 +68,7 @@ def run_local(req: Request, ledger: Ledger | None = None) -> dict:
     """Runs on this machine; returns the finished ledger row."""
     ledger = ledger or Ledger()
     config = req.config
-    plan = derived(config, req.preset)
+    plan = derived(config, req.preset, probe=req.probe is not None)
     gpu, per_node = gpus.parse_gpu_spec(config.gpu)
     # pid: ours until the trainer starts, so a live pid keeps reconcile away
     run_id = open_row(ledger, req, plan, "local", nodes=1, pid=os.getpid())

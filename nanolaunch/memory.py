@@ -1,10 +1,21 @@
-"""Analytic peak memory of the trainer on one device, as a sum of explicit terms.
+"""Analytic peak memory of the trainer on one device, as explicit terms (docs/memory.md).
 
-Every term is a count of tensors times bytes per element. Two constants are not first principles:
-ACTIVATION_BYTES (saved activations per layer, per token, per model_dim channel) and OVERHEAD_GIB.
-For CUDA bf16 with torch.compile they are fitted to the seed record of DESIGN.md §3 (d10 on an
-A100-40GB: 11.6 GiB at batch 16, 21.2 GiB at batch 32); the CPU figures are a first estimate.
-docs/memory.md lists the terms; a later calibration replaces the constants with measured fits.
+    forward = activations + retained + logits        (the end of the forward pass)
+    total   = weights + grads + optimizer + overhead + data + max(forward, optimizer_step)
+              + overlap · min(forward, optimizer_step)
+
+The first three are counts of fp32 tensors. The two moments that can hold the peak are the end of the
+forward pass (saved activations, the heap they leave behind on CPU, the logits) and Muon's optimizer step
+(its per-shape-group temporaries); on CPU part of the other moment's memory is still resident (overlap).
+The per-element constants are fitted, per backend:
+- CUDA (bf16 autocast, compiled): ACTIVATION_BYTES and OVERHEAD_GIB from the seed record of DESIGN.md §3
+  (d10 on an A100-40GB: 11.6 GiB at batch 16, 21.2 GiB at batch 32); there is no retained or step term.
+- CPU (fp32, eager, fused loss; what nanolaunch runs there): least squares against the trainer's own
+  peak-RSS reports (8-step probes on synthetic data) over 37 configurations, depth 2–8, device batch
+  1–32, seq 128–1024, vocab 4,096 and 65,536 (bench/memory_sweep.py, 2026-11-21, 2-core x86_64 24 GiB,
+  torch 2.13.0 CPU; raw figures in nanolaunch/data/memory_cpu.csv): max error 6.8%, median 1.4%.
+  tests/test_memory_calibration.py re-measures 14 of them and holds each within ±15%. The data term
+  (real text instead of synthetic batches) is measured separately.
 """
 from __future__ import annotations
 
@@ -15,12 +26,30 @@ from trainer.arithmetic import ModelShape
 GIB = 2**30
 HEADROOM = 0.10  # fraction of device memory kept free: allocator fragmentation, NCCL buffers, spikes
 
-# bytes of saved activations per (layer · token · model_dim channel)
-ACTIVATION_BYTES = {"cuda": 28.0, "cpu": 80.0}
-# bytes per logit element kept for the backward pass (bf16 logits on CUDA, fp32 on CPU)
+# bytes of saved activations per (layer · token · model_dim channel). CPU: ~19 fp32 tensors of width d
+# per block (norm inputs/outputs, q/k before and after their norm, v, attention output and its copy, the
+# 4d MLP activation twice), plus the backward's first gradients, fitted.
+ACTIVATION_BYTES = {"cuda": 28.0, "cpu": 93.0}
+# CPU only: glibc serves allocations under its mmap threshold (raised dynamically, to at most 32 MiB) from
+# the heap and keeps the freed chunks, so while one (tokens × d) fp32 activation is under 32 MiB the RSS
+# peak carries this many more bytes per (layer · token · channel); over it, tensors are mmap'd and returned.
+RETAINED_BYTES = {"cuda": 0.0, "cpu": 36.0}
+MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+# bytes per logit element kept for the loss backward: bf16 logits on CUDA; on CPU the fused loss keeps
+# one (tokens × vocab) fp32 buffer (logits, overwritten by their gradient), its chunks are negligible
 LOGIT_BYTES = {"cuda": 2.0, "cpu": 4.0}
-# CUDA context and compile workspace; on CPU the Python + torch process itself
-OVERHEAD_GIB = {"cuda": 0.25, "cpu": 0.35}
+# bytes per block-matrix parameter live during Muon's step beyond its state: the Nesterov copies, the
+# stacked batch and the bf16 Newton–Schulz intermediates of one shape group at a time (fitted, CPU)
+OPTIMIZER_STEP_BYTES = {"cuda": 0.0, "cpu": 11.0}
+# fraction of the smaller of the two moments still resident at the larger one's peak: on CPU the heap
+# one leaves behind is fragmented for the other's tensor sizes and is only partly reused (fitted)
+OVERLAP = {"cuda": 0.0, "cpu": 0.2}
+# CUDA context and compile workspace; on CPU the Python + torch process itself (fitted)
+OVERHEAD_GIB = {"cuda": 0.25, "cpu": 0.323}
+# CPU only (host memory is not device memory on CUDA): training on real text instead of synthetic batches
+# adds pyarrow, the tokenizer and the TokenLoader's background tokenizing thread (its own malloc arena);
+# measured +0.07 to +0.10 GiB on the stdlib corpus with a saved tokenizer
+DATA_GIB = {"cuda": 0.0, "cpu": 0.085}
 
 
 @dataclass(frozen=True)
@@ -33,11 +62,21 @@ class MemoryEstimate:
     overhead_gib: float
     device_memory_gib: float
     headroom: float = HEADROOM
+    retained_gib: float = 0.0  # CPU: freed heap chunks glibc keeps (activations under its mmap threshold)
+    optimizer_step_gib: float = 0.0  # CPU: Muon's temporaries during the step (alternative peak)
+    overlap: float = 0.0  # CPU: share of the smaller moment still resident at the larger one's peak
+    data_gib: float = 0.0  # CPU: the real-data pipeline (parquet reader, tokenizer, loader thread)
+
+    @property
+    def forward_gib(self) -> float:
+        """What the end of the forward pass adds on top of the fixed terms."""
+        return self.activations_gib + self.retained_gib + self.logits_gib
 
     @property
     def total_gib(self) -> float:
-        return (self.weights_gib + self.grads_gib + self.optimizer_gib + self.activations_gib
-                + self.logits_gib + self.overhead_gib)
+        fwd, step = self.forward_gib, self.optimizer_step_gib
+        return (self.weights_gib + self.grads_gib + self.optimizer_gib + self.overhead_gib + self.data_gib
+                + max(fwd, step) + self.overlap * min(fwd, step))
 
     @property
     def usable_gib(self) -> float:
@@ -47,23 +86,45 @@ class MemoryEstimate:
     def fits(self) -> bool:
         return self.total_gib <= self.usable_gib
 
+    def breakdown(self) -> str:
+        """One line: the terms and how they add up."""
+        fwd = f"activations {self.activations_gib:.2f}"
+        if self.retained_gib:
+            fwd += f" + retained {self.retained_gib:.2f}"
+        fwd += f" + logits {self.logits_gib:.2f}"
+        if self.optimizer_step_gib:
+            step = f"optimizer step {self.optimizer_step_gib:.2f}"
+            fwd = f"max({fwd}, {step})" + (f" + {self.overlap:g}·min(…)" if self.overlap else "")
+        data = f" + data {self.data_gib:.2f}" if self.data_gib else ""
+        return (f"weights {self.weights_gib:.2f} + grads {self.grads_gib:.2f} + optimizer {self.optimizer_gib:.2f} + "
+                f"{fwd} + overhead {self.overhead_gib:.2f}{data}")
+
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.update(total_gib=self.total_gib, usable_gib=self.usable_gib, fits=self.fits)
+        d.update(total_gib=self.total_gib, usable_gib=self.usable_gib, fits=self.fits, forward_gib=self.forward_gib,
+                 breakdown=self.breakdown())
         return d
 
 
-def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, backend: str = "cuda") -> MemoryEstimate:
-    """Peak memory per device for one micro-batch of `device_batch` sequences."""
+def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, backend: str = "cuda", *,
+             real_data: bool = True) -> MemoryEstimate:
+    """Peak memory per device for one micro-batch of `device_batch` sequences; `real_data` False for
+    synthetic batches (probes with --probe-data synthetic, the calibration)."""
     tokens = device_batch * shape.seq_len
     p = shape.params
     adam_params = shape.embedding_params + shape.head_params
+    layer_channels = tokens * shape.depth * shape.model_dim
+    on_heap = 4 * tokens * shape.model_dim < MMAP_THRESHOLD_MAX  # one fp32 (tokens × d) activation
     return MemoryEstimate(
         weights_gib=4 * p / GIB,
         grads_gib=4 * p / GIB,
         optimizer_gib=(4 * shape.matrix_params + 8 * adam_params) / GIB,
-        activations_gib=ACTIVATION_BYTES[backend] * tokens * shape.depth * shape.model_dim / GIB,
+        activations_gib=ACTIVATION_BYTES[backend] * layer_channels / GIB,
         logits_gib=LOGIT_BYTES[backend] * tokens * shape.vocab_size / GIB,
         overhead_gib=OVERHEAD_GIB[backend],
         device_memory_gib=device_memory_gib,
+        retained_gib=RETAINED_BYTES[backend] * layer_channels / GIB if on_heap else 0.0,
+        optimizer_step_gib=OPTIMIZER_STEP_BYTES[backend] * shape.matrix_params / GIB,
+        overlap=OVERLAP[backend],
+        data_gib=DATA_GIB[backend] if real_data else 0.0,
     )

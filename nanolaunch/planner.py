@@ -70,7 +70,8 @@ def count_evals(iterations: int, eval_every: int) -> int:
 
 
 def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None = None, measured_from: str = "",
-         rank_alternatives: bool = True) -> dict:
+         rank_alternatives: bool = True, probe: bool = False) -> dict:
+    """`probe`: the config is a probe's, which trains on synthetic batches (no data pipeline in memory)."""
     gpu, per_node = gpus.parse_gpu_spec(config.gpu)
     shape = config.shape
     world = per_node * config.nodes
@@ -86,7 +87,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         warnings.append(f"device batch {config.device_batch} is not a power of two; kernels are usually slower")
 
     local = gpu.name == gpus.CPU_NAME
-    mem = memory.estimate(shape, config.device_batch, gpu.memory_gib, "cpu" if local else "cuda")
+    mem = memory.estimate(shape, config.device_batch, gpu.memory_gib, "cpu" if local else "cuda", real_data=not probe)
     tput = throughput(config, gpu, mfu, measured, measured_from)
 
     step_s = train_s = eval_s = wall_h = None

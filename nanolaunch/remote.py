@@ -108,7 +108,7 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
         for i, req in enumerate(reqs):
             if last is not None:
                 ledger.finish(*last)
-            plan = derived(req.config, req.preset)
+            plan = derived(req.config, req.preset, probe=req.probe is not None)
             run_id = open_row(ledger, req, plan, "sky", nodes=req.config.nodes, pid=os.getpid())
             ids.append(run_id)
             cluster = cluster or f"{PREFIX}{run_id}"

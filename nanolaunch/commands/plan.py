@@ -68,9 +68,7 @@ def render(p: dict) -> None:
     m = p["memory"]
     row("peak memory", f"{p['peak_memory_gib']:.1f} GiB of {p['gpu_memory_gib']:g} GiB: "
         + ("[green]fits[/]" if p["fits"] else "[red]does not fit[/]"),
-        f"usable {m['usable_gib']:.1f} GiB at {m['headroom']:.0%} headroom; weights {m['weights_gib']:.2f} + grads "
-        f"{m['grads_gib']:.2f} + optimizer {m['optimizer_gib']:.2f} + activations {m['activations_gib']:.2f} + logits "
-        f"{m['logits_gib']:.2f} + overhead {m['overhead_gib']:.2f}")
+        f"usable {m['usable_gib']:.1f} GiB at {m['headroom']:.0%} headroom; {m['breakdown']}")
     peak = "unknown peak" if p["peak_flops"] is None else f"{p['peak_flops'] / 1e12:g} TFLOP/s bf16 × {p['world_size']}"
     row("MFU", out.pct(p["mfu"]), f"{p['mfu_source']}; denominator {peak}")
     row("step time", out.seconds(p["step_seconds"]), f"{p['evals']} evals take {out.seconds(p['eval_seconds'])}")

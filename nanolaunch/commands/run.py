@@ -129,7 +129,7 @@ def dry(
     for b in batches:  # refuse what cannot run before spending anything
         candidate = config.replace(device_batch=b, iterations=iters, ratio=None, target_flops=None)
         try:
-            p = derived(candidate, chosen)
+            p = derived(candidate, chosen, probe=True)
         except PlanError as e:
             raise NanolaunchError(f"batch {b}: {e}") from None
         limit = memory_limit_gib if memory_limit_gib is not None else p["usable_memory_gib"]
