@@ -7,7 +7,7 @@ its median step time after the first step, as tokens/s. Several runs per setting
 their tokens/s is printed. Settings: fp32 eager, fp32 compiled, and, where the CPU has bf16 dot-product
 instructions, bf16 autocast eager and compiled. A loss-curve check trains fp32 and bf16 side by side on
 real text and prints both curves, so bf16 is only recommended where it tracks fp32.
-(Reference, DESIGN.md §3: nanochat's own trainer does about 1,000 tokens/s here, fp32 compiled.)
+(nanochat's own trainer, measured side by side: bench/nanochat_side_by_side.py, docs/benchmarks.md.)
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """How well the plan predicts a CPU run's wall time once the ledger holds a probe of the same preset.
 
-    python bench/wall_prediction.py [--preset cpu_demo] [--repeats 3]
+    python bench/wall_prediction.py [--preset cpu_demo] [--iterations N] [--repeats 3]
 
 Each repeat, in a fresh NANOLAUNCH_HOME whose data cache is already warm (a rerun, as in practice): probe
 the preset (`dry`, 20 steps), read the plan's predicted wall time (which now uses that probe), run the
@@ -28,6 +28,7 @@ def nl(home: Path, *args: str) -> dict | list:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="cpu_demo")
+    ap.add_argument("--iterations", type=int, help="override the preset's horizon (a longer run)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="nl-wall-"))
@@ -38,8 +39,9 @@ def main() -> None:
         home = base / f"r{i}"
         shutil.copytree(warm / "cache", home / "cache")
         nl(home, "dry", "--preset", args.preset, "--local")
-        plan = nl(home, "plan", "--preset", args.preset)
-        row = nl(home, "run", "--preset", args.preset, "--local")
+        horizon = ["--iterations", str(args.iterations)] if args.iterations else []
+        plan = nl(home, "plan", "--preset", args.preset, *horizon)
+        row = nl(home, "run", "--preset", args.preset, "--local", *horizon)
         predicted, measured = plan["wall_hours"] * 3600, row["wall_seconds"]
         errors.append((predicted - measured) / measured)
         print(f"repeat {i + 1}: predicted {predicted:.1f} s ({plan['mfu_source']}), measured {measured:.1f} s, "
