@@ -126,10 +126,20 @@ def limit_memory(gib: float, device: torch.device) -> str:
 
 
 def peak_memory_gib(device: torch.device) -> float:
-    """CUDA: max_memory_allocated. CPU: the process's max resident set size."""
+    """CUDA: max_memory_allocated. CPU: this process's peak resident set size (VmHWM).
+
+    Not getrusage's ru_maxrss: Linux carries it across exec, so a trainer started by a large parent
+    (a test runner that imported torch, torchrun) would report the parent's size as its own floor."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux; bytes on macOS
 
 
 class SyntheticLoader:
