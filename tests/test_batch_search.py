@@ -19,8 +19,9 @@ def test_fastest_wins_and_near_ties_go_to_the_larger_batch():
     assert batch_search.best(rows)["device_batch"] == 16  # faster than 32 by more than the tie
     rows = [probe(32, 100.0), probe(16, 102.0), probe(8, 101.0)]
     assert batch_search.best(rows)["device_batch"] == 32  # 2% is a tie on a GPU: the larger batch
-    cpu = [probe(16, 100.0, gpu="cpu"), probe(4, 108.0, gpu="cpu")]
-    assert batch_search.best(cpu)["device_batch"] == 16  # CPU timings are noisier: 8% is still a tie
+    cpu = [probe(16, 100.0, gpu="cpu"), probe(4, 115.0, gpu="cpu")]
+    assert batch_search.best(cpu)["device_batch"] == 16  # CPU timings are noisier: 15% is still a tie
+    assert batch_search.best([cpu[0], probe(2, 130.0, gpu="cpu")])["device_batch"] == 2  # 30% is real
     assert batch_search.best([probe(8, None, "oom")]) is None
 
 
