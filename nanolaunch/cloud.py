@@ -146,10 +146,10 @@ def job_cancel(job_id: int) -> None:
         sky.stream_and_get(sky.jobs.cancel(job_ids=[job_id]))
 
 
-def jobs(prefix: str, job_ids: list[int] | None = None, active_only: bool = False) -> list[dict[str, Any]]:
+def jobs(prefix: str, active_only: bool = False) -> list[dict[str, Any]]:
     sky = sdk()
     with errors("listing managed jobs"):
-        records = sky.get(sky.jobs.queue_v2(refresh=False, skip_finished=active_only, job_ids=job_ids))[0]
+        records = sky.get(sky.jobs.queue_v2(refresh=False, skip_finished=active_only))[0]
     return [_pick(r, "job_id", "job_name", "status", "recovery_count", "job_duration", "submitted_at", "end_at")
             for r in records if str(_field(r, "job_name")).startswith(prefix)]
 

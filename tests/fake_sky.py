@@ -34,13 +34,15 @@ class FakeSky:
         self.managed: dict[int, object] = {}
         self.secrets_seen: list[dict] = []
         self._requests: dict[str, object] = {}
+        self._next_id = 0
         self.Task, self.exceptions = real_sky.Task, real_sky.exceptions
         self.jobs = SimpleNamespace(launch=self._job_launch, tail_logs=self._job_tail, cancel=self._job_cancel,
                                     queue_v2=self._job_queue)
 
     # -- requests: the SDK returns ids; stream_and_get/get return (or raise) what the request produced
     def _request(self, value) -> str:
-        rid = f"request-{len(self._requests) + len(self.calls)}"
+        self._next_id += 1
+        rid = f"request-{self._next_id}"
         self._requests[rid] = value
         return rid
 

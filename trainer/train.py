@@ -201,7 +201,7 @@ class Run:
         log(f"FLOPs/token: {shape.flops_per_token:,} = 6·(params − embedding) + 12·L·heads·head_dim·T")
         log(f"batch: {args.total_batch:,} tokens/step = {args.device_batch} seq × {args.seq_len:,} tokens × "
             f"{env.world_size} ranks × {self.grad_accum} micro-steps")
-        how = ("probe" if self.probe else f"--iterations" if args.iterations else
+        how = ("probe" if self.probe else "--iterations" if args.iterations else
                f"ratio {args.ratio:g} × {shape.params:,} params / {args.total_batch:,}" if args.ratio else
                f"{args.target_flops:.4g} FLOPs / ({shape.flops_per_token:,} · {args.total_batch:,})")
         log(f"horizon: {self.iterations:,} steps ({how}), {self.tokens:,} tokens "
