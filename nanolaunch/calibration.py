@@ -1,18 +1,21 @@
 """Predictions from what this ledger has measured, and how good past predictions were.
 
-Throughput: the finished probe or run of the same GPU kind nearest in depth, then device batch, then
-sequence length; its achieved FLOP/s per device carries over to the new config, so step time scales with
-FLOPs per step. Its start-up time (wall time not spent in steps) carries over too. A run's own row is
-compared with the plan it was launched with: wall, cost and peak memory, predicted against measured.
+Throughput: the finished probes and runs of the same GPU kind and the nearest config (precision and
+compilation, then depth, device batch, sequence length); the median of their achieved FLOP/s per device
+carries over to the new config, so step time scales with FLOPs per step. The probes' median start-up time
+(wall time not spent in steps) carries over too. A run's own row is compared with the plan it was
+launched with: wall, cost and peak memory, predicted against measured.
 """
 from __future__ import annotations
 
 import math
+import statistics
 
 from nanolaunch import gpus
 from nanolaunch.config import RunConfig
 
 TRACK_RECORD = 5  # past rows shown by `plan`
+POOL = 5  # newest measurements of one config whose median a prediction uses
 
 
 def ledger_rows() -> list[dict]:
@@ -28,46 +31,65 @@ def ledger_rows() -> list[dict]:
         db.close()
 
 
-def nearest(rows: list[dict], config: RunConfig) -> dict | None:
-    """The ok row on the same GPU kind (and GPUs per node) closest to `config`, newest first on ties."""
+def nearest(rows: list[dict], config: RunConfig) -> list[dict]:
+    """The measurements of the nearest measured config: ok rows on the same GPU kind (and GPUs per node),
+    closest to `config` first in precision and compilation (they change speed outright, unlike size, which
+    FLOPs scale for), then depth, device batch, sequence length and vocabulary; up to POOL of them, newest first."""
     gpu, per_node = gpus.parse_gpu_spec(config.gpu)
     same = [r for r in rows if r["status"] == "ok" and r["gpu"] == gpu.name and (r["gpu_count"] or 1) == per_node
             and r["tokens_per_second"] and r["config"] and r["steps"]]
 
     def distance(r: dict):
         c = r["config"]
-        return (abs(c["depth"] - config.depth), abs(math.log2(c["device_batch"] / config.device_batch)),
-                c["seq_len"] != config.seq_len, c["vocab_size"] != config.vocab_size, -r["id"])
+        return (RunConfig(**c).mode != config.mode, abs(c["depth"] - config.depth),
+                abs(math.log2(c["device_batch"] / config.device_batch)), c["seq_len"] != config.seq_len,
+                c["vocab_size"] != config.vocab_size)
 
-    return min(same, key=distance, default=None)
-
-
-def measurement(row: dict) -> dict:
-    """What the planner needs from a measured row: its FLOP/s (through tokens/s and FLOPs/token) and MFU,
-    and its start-up seconds (wall time before and after the timed steps)."""
-    config = RunConfig(**row["config"])
-    devices = (row["gpu_count"] or 1) * (row["nodes"] or 1)
-    startup = None
-    if row["wall_seconds"] and row["step_ms"] and row["kind"] == "dry":
-        # a probe: no evaluation, so what is not steps is start-up (imports, data, model, first step)
-        startup = max(0.0, row["wall_seconds"] - row["steps"] * row["step_ms"] / 1000)
-    return {"mfu": row["mfu"], "tokens_per_second": row["tokens_per_second"],
-            "flops_per_token": config.shape.flops_per_token, "devices": devices, "startup_seconds": startup}
+    if not same:
+        return []
+    key = _speed_key(min(same, key=lambda r: (distance(r), -r["id"])))
+    return sorted((r for r in same if _speed_key(r) == key), key=lambda r: -r["id"])[:POOL]
 
 
-def describe(row: dict) -> str:
+def _speed_key(row: dict) -> tuple:
+    """What a row's speed depends on besides the machine: rows alike in this measured the same thing."""
     c = row["config"]
-    return (f"ledger #{row['id']}: {row['kind']} d{c['depth']} batch {c['device_batch']} seq {c['seq_len']} on "
-            f"{row['gpu_count'] or 1}×{row['gpu']}, {row['tokens_per_second']:,.0f} tok/s")
+    return (*(c[k] for k in ("depth", "device_batch", "seq_len", "vocab_size", "head_dim")), RunConfig(**c).mode)
+
+
+def measurement(rows: list[dict]) -> dict:
+    """What the planner needs from measured rows of one config: the median of their FLOP/s (through tokens/s
+    and FLOPs/token) and MFU, and the median start-up seconds (wall time outside the timed steps) of the
+    probes among them. One timing can land in a slow spell of a shared machine; the median of several cannot."""
+    config = RunConfig(**rows[0]["config"])
+    devices = (rows[0]["gpu_count"] or 1) * (rows[0]["nodes"] or 1)
+    mfus = [r["mfu"] for r in rows if r["mfu"]]
+    # a probe has no evaluation, so what is not steps is start-up (imports, data, model, first step)
+    startups = [max(0.0, r["wall_seconds"] - r["steps"] * r["step_ms"] / 1000) for r in rows
+                if r["kind"] == "dry" and r["wall_seconds"] and r["step_ms"]]
+    return {"mfu": statistics.median(mfus) if mfus else None,
+            "tokens_per_second": statistics.median(r["tokens_per_second"] for r in rows),
+            "flops_per_token": config.shape.flops_per_token, "devices": devices,
+            "startup_seconds": statistics.median(startups) if startups else None}
+
+
+def describe(rows: list[dict]) -> str:
+    r, c = rows[0], rows[0]["config"]
+    ids = ", ".join(f"#{x['id']}" for x in rows)
+    what = f"ledger {ids}" if len(rows) == 1 else f"median of ledger {ids}"
+    tps = statistics.median(x["tokens_per_second"] for x in rows)
+    kinds = "/".join(sorted({x["kind"] for x in rows}))
+    return (f"{what}: {kinds} d{c['depth']} batch {c['device_batch']} "
+            f"seq {c['seq_len']} on {r['gpu_count'] or 1}×{r['gpu']}, {tps:,.0f} tok/s")
 
 
 def measured_for(config: RunConfig, preset, rows: list[dict]) -> tuple[dict | None, str]:
     """The ledger's nearest measurement, else the preset's recorded results, else nothing."""
     from nanolaunch.planner import measured_from_preset
 
-    row = nearest(rows, config)
-    if row is not None:
-        return measurement(row), describe(row)
+    pool = nearest(rows, config)
+    if pool:
+        return measurement(pool), describe(pool)
     return measured_from_preset(preset, config)
 
 

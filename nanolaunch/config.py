@@ -73,6 +73,13 @@ class RunConfig:
         return ModelShape(self.depth, self.vocab_size, self.seq_len, self.head_dim)
 
     @property
+    def mode(self) -> tuple[str, bool]:
+        """(dtype, compile) as the trainer resolves them: bf16 and compiled on CUDA, fp32 and eager on a CPU."""
+        cuda = self.gpu.split(":")[0].lower() != "cpu"
+        return (self.dtype if self.dtype != "auto" else "bf16" if cuda else "fp32",
+                self.compile if self.compile is not None else cuda)
+
+    @property
     def horizon(self) -> dict:
         """Exactly one horizon for iterations_for(); ratio 20 when none is given."""
         if self.iterations is not None:

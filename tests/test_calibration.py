@@ -71,3 +71,27 @@ def test_plan_shows_how_far_past_predictions_were(db):
     assert past["cost_error"] is None  # measured at $0 (local rate 0): no ratio to show
     text = CliRunner().invoke(app, ["plan", "--preset", "cpu_demo"]).output
     assert "past predictions against measurements" in text and "+10%" in text
+
+
+def test_repeated_measurements_of_one_config_pool_into_their_median(db):
+    """One probe can land in a slow spell of a shared machine; the median of the config's rows cannot."""
+    probe = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+                      total_batch=4096, iterations=20, data_source="stdlib")
+    for tps, wall in ((10_000.0, 20.0), (14_000.0, 30.0), (11_000.0, 22.0)):
+        record(db, probe, tokens_per_second=tps, step_ms=4096 / tps * 1000, wall_seconds=wall)
+    record(db, probe.replace(iterations=300), kind="run", tokens_per_second=12_000.0, step_ms=341.3, wall_seconds=90.0)
+    record(db, probe.replace(device_batch=4), tokens_per_second=50_000.0, step_ms=81.9, wall_seconds=5.0)  # not a twin
+    p = plan("--preset", "cpu_demo")
+    assert p["mfu_source"].startswith("measured tokens/s (median of ledger #4, #3, #2, #1: dry/run d2 batch 8")
+    assert p["step_seconds"] == pytest.approx(4096 / 11_500.0)  # median of 10k, 14k, 11k and the run's 12k
+    startups = sorted(w - 20 * 4096 / t for t, w in ((10_000.0, 20.0), (14_000.0, 30.0), (11_000.0, 22.0)))
+    assert p["startup_seconds"] == pytest.approx(startups[1])  # the probes' only: a run's wall holds evaluations
+
+
+def test_precision_and_compilation_weigh_more_than_size(db):
+    """FLOPs scale a measurement across depths; nothing scales it across eager and compiled."""
+    eager = record(db, RunConfig(depth=6, gpu="H100:1", iterations=20, compile=False), mfu=0.20, tokens_per_second=1e5)
+    compiled = record(db, RunConfig(depth=4, gpu="H100:1", iterations=20, compile=True), mfu=0.40,
+                      tokens_per_second=2e5)
+    assert f"#{compiled}" in plan("d6", "--gpu", "H100:1")["mfu_source"]  # a plan compiles on CUDA by default
+    assert f"#{eager}" not in plan("d6", "--gpu", "H100:1")["mfu_source"]
