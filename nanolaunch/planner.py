@@ -71,7 +71,8 @@ def count_evals(iterations: int, eval_every: int) -> int:
 
 def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None = None, measured_from: str = "",
          rank_alternatives: bool = True, probe: bool = False) -> dict:
-    """`probe`: the config is a probe's, which trains on synthetic batches (no data pipeline in memory)."""
+    """`probe`: the config is a probe's, which trains on synthetic batches (no data pipeline in memory) and
+    never evaluates."""
     gpu, per_node = gpus.parse_gpu_spec(config.gpu)
     shape = config.shape
     world = per_node * config.nodes
@@ -92,7 +93,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
 
     step_s = train_s = eval_s = wall_h = None
     startup_s = (measured or {}).get("startup_seconds") if mfu is None else None
-    n_evals = count_evals(iterations, config.eval_every)
+    n_evals = 0 if probe else count_evals(iterations, config.eval_every)
     if tput.flops_per_second:
         cluster_flops = tput.flops_per_second * world
         step_s = config.total_batch * shape.flops_per_token / cluster_flops

@@ -95,3 +95,15 @@ def test_precision_and_compilation_weigh_more_than_size(db):
                       tokens_per_second=2e5)
     assert f"#{compiled}" in plan("d6", "--gpu", "H100:1")["mfu_source"]  # a plan compiles on CUDA by default
     assert f"#{eager}" not in plan("d6", "--gpu", "H100:1")["mfu_source"]
+
+
+def test_a_probe_is_predicted_without_evaluations():
+    """A probe never evaluates, so its own prediction is its steps plus start-up (this was 27–42% high)."""
+    from nanolaunch.planner import plan as make_plan
+
+    config = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+                       total_batch=4096, iterations=20, eval_every=5, data_source="stdlib")
+    measured = {"tokens_per_second": 10_000.0, "flops_per_token": config.shape.flops_per_token, "startup_seconds": 3.0}
+    probe, run = make_plan(config, measured=measured, probe=True), make_plan(config, measured=measured)
+    assert probe["evals"] == 0 and probe["wall_hours"] * 3600 == pytest.approx(20 * 4096 / 10_000.0 + 3.0)
+    assert run["evals"] == 5 and run["wall_hours"] > probe["wall_hours"]
