@@ -83,13 +83,25 @@ def optimize(task) -> dict[str, Any]:
             "spot": bool(best.use_spot), "nodes": task.num_nodes, "usd_per_hour": best.get_cost(3600) * task.num_nodes}
 
 
+def _wait(request_id):
+    """The request's result, streaming its output. Ctrl-C aborts the request on the API server too:
+    otherwise a launch goes on provisioning there after we gave up, and our teardown queues behind it."""
+    sky = sdk()
+    try:
+        return sky.stream_and_get(request_id)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):  # best effort: the teardown that follows still runs
+            sky.get(sky.api_cancel(request_id, silent=True))
+        raise
+
+
 # -- clusters (on-demand runs and probe sweeps) -----------------------------------------------------------
 def launch(task, cluster: str) -> int:
     """Provision (or reuse) `cluster` and submit `task`; every cluster downs itself when idle."""
     sky = sdk()
     with errors(f"launching {cluster}"):
-        job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=_idle(task),
-                                                  down=True, retry_until_up=False))
+        job_id, _ = _wait(sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=_idle(task), down=True,
+                                     retry_until_up=False))
     return job_id
 
 
@@ -97,7 +109,7 @@ def exec_on(task, cluster: str) -> int:
     """Submit `task` to an existing cluster (the next probe of a sweep): no provisioning, no setup."""
     sky = sdk()
     with errors(f"running on {cluster}"):
-        job_id, _ = sky.stream_and_get(sky.exec(task, cluster_name=cluster))
+        job_id, _ = _wait(sky.exec(task, cluster_name=cluster))
     return job_id
 
 
@@ -130,7 +142,7 @@ def clusters(prefix: str) -> list[dict[str, Any]]:
 def job_launch(task, name: str) -> int:
     sky = sdk()
     with errors(f"launching managed job {name}"):
-        job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=name))
+        job_ids, _ = _wait(sky.jobs.launch(task, name=name))
     return job_ids[0]
 
 

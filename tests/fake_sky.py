@@ -54,6 +54,11 @@ class FakeSky:
 
     get = stream_and_get
 
+    def api_cancel(self, request_ids=None, silent=False, **kw):
+        self.calls.append(("api_cancel", request_ids))
+        self._requests.pop(request_ids, None)  # an aborted request produces nothing
+        return self._request([request_ids])
+
     # -- clusters
     def launch(self, task, cluster_name=None, idle_minutes_to_autostop=None, down=False, retry_until_up=False, **kw):
         self.calls.append(("launch", cluster_name, {"idle_minutes_to_autostop": idle_minutes_to_autostop,

@@ -139,6 +139,15 @@ def test_ctrl_c_tears_the_cluster_down(env, tmp_path, monkeypatch):
     assert row["status"] == "cancelled" and row["steps"] >= 3 and row["cost_usd"] is not None
 
 
+def test_ctrl_c_while_provisioning_aborts_the_launch_request_then_tears_down(env, tmp_path, monkeypatch):
+    """Without the abort, the API server goes on provisioning after we gave up, and the teardown waits."""
+    fake = install(monkeypatch, tmp_path, launch_error=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        remote.run(request())
+    assert names(fake) == ["launch", "api_cancel", "down"] and fake.calls[1][1] == "request-1"  # the launch's
+    assert Ledger().rows("cloud")[-1]["status"] == "cancelled"
+
+
 def test_ctrl_c_cancels_a_managed_job(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path, interrupt_after_steps=2)
     with pytest.raises(KeyboardInterrupt):
