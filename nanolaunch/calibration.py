@@ -2,9 +2,9 @@
 
 Throughput: the finished probes and runs of the same GPU kind and the nearest config (precision and
 compilation, then depth, device batch, sequence length); the median of their achieved FLOP/s per device
-carries over to the new config, so step time scales with FLOPs per step. The probes' median start-up time
-(wall time not spent in steps) carries over too. A run's own row is compared with the plan it was
-launched with: wall, cost and peak memory, predicted against measured.
+carries over to the new config, so step time scales with FLOPs per step. Their median start-up time
+(wall time not spent in steps or evaluations) carries over too. A run's own row is compared with the plan
+it was launched with: wall, cost and peak memory, predicted against measured.
 """
 from __future__ import annotations
 
@@ -59,18 +59,25 @@ def _speed_key(row: dict) -> tuple:
 
 def measurement(rows: list[dict]) -> dict:
     """What the planner needs from measured rows of one config: the median of their FLOP/s (through tokens/s
-    and FLOPs/token) and MFU, and the median start-up seconds (wall time outside the timed steps) of the
-    probes among them. One timing can land in a slow spell of a shared machine; the median of several cannot."""
+    and FLOPs/token), MFU and start-up seconds. One timing can land in a slow spell of a shared machine;
+    the median of several cannot."""
     config = RunConfig(**rows[0]["config"])
     devices = (rows[0]["gpu_count"] or 1) * (rows[0]["nodes"] or 1)
     mfus = [r["mfu"] for r in rows if r["mfu"]]
-    # a probe has no evaluation, so what is not steps is start-up (imports, data, model, first step)
-    startups = [max(0.0, r["wall_seconds"] - r["steps"] * r["step_ms"] / 1000) for r in rows
-                if r["kind"] == "dry" and r["wall_seconds"] and r["step_ms"]]
+    startups = [s for s in map(startup, rows) if s is not None]
     return {"mfu": statistics.median(mfus) if mfus else None,
             "tokens_per_second": statistics.median(r["tokens_per_second"] for r in rows),
             "flops_per_token": config.shape.flops_per_token, "devices": devices,
             "startup_seconds": statistics.median(startups) if startups else None}
+
+
+def startup(row: dict) -> float | None:
+    """Wall time outside the median steps and the evaluations: imports, data, model, compilation and the
+    first step, the final checkpoint. None for a run recorded before evaluations were timed."""
+    evals = 0.0 if row["kind"] == "dry" else row.get("eval_seconds")  # a probe never evaluates
+    if evals is None or not row["wall_seconds"] or not row["step_ms"]:
+        return None
+    return max(0.0, row["wall_seconds"] - row["steps"] * row["step_ms"] / 1000 - evals)
 
 
 def describe(rows: list[dict]) -> str:

@@ -69,6 +69,7 @@ def test_run_records_the_result_and_show_plots_it(home, tmp_path):
     assert row["status"] == "ok" and row["steps"] == 10 and row["val_bpb"] > 0
     assert row["mfu"] is None  # a CPU has no known peak: unknown, never guessed
     assert row["cost_usd"] == 0 and row["wall_seconds"] > 0 and row["peak_memory_gib"] > 0
+    assert 0 < row["eval_seconds"] < row["wall_seconds"]  # timed, so the next plan knows its start-up
     listed = [x for x in rows(home) if x["id"] == row["id"]][0]
     for key in ("id", "project", "title", "kind", "status", "preset", "gpu", "wall_seconds", "cost_usd", "val_bpb",
                 "mfu", "tokens_per_second", "peak_memory_gib"):
@@ -94,7 +95,7 @@ def test_dry_records_every_probe_and_a_real_oom(home):
     assert r.returncode == 0, r.stderr
     probes = json.loads(r.stdout)
     assert [p["device_batch"] for p in probes] == [8, 256]
-    assert probes[0]["status"] == "ok" and probes[0]["best"]
+    assert probes[0]["status"] == "ok" and probes[0]["best"] and probes[0]["eval_seconds"] == 0
     assert probes[1]["status"] == "oom"
     log = open(os.path.join(probes[1]["run_dir"], "train.log")).read()
     assert '"status": "oom"' in log  # the probe process itself reported running out of memory

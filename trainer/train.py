@@ -147,6 +147,7 @@ class Run:
         self.loss = None
         self.val_bpb = None
         self.step_ms: list[float] = []
+        self.eval_seconds = 0.0  # in this process: with the steps, what a wall-time prediction is made of
         self.device = None
         self.wall_before = 0.0  # wall seconds of earlier segments of a resumed run
         self.mfu = None
@@ -613,6 +614,7 @@ class Run:
         from trainer.common import log
         t0 = time.time()
         self.val_bpb = self.evaluate()
+        self.eval_seconds += time.time() - t0
         log(f"eval: step {self.steps:,} | val_bpb {self.val_bpb:.4f} | {time.time() - t0:.1f}s")
         if self.env.master:
             emit("eval", step=self.steps, val_bpb=self.val_bpb)
@@ -657,7 +659,8 @@ class Run:
                 pass
         return dict(status=status, steps=self.steps, val_bpb=self.val_bpb, loss=self.loss, mfu=mfu,
                     peak_memory_gib=peak, tokens_per_second=None if tps is None else round(tps, 1),
-                    step_ms=None if med is None else round(med, 3), wall_seconds=round(time.time() - self.t_start, 3),
+                    step_ms=None if med is None else round(med, 3), eval_seconds=round(self.eval_seconds, 3),
+                    wall_seconds=round(time.time() - self.t_start, 3),
                     total_wall_seconds=round(self.wall_before + time.time() - self.t_start, 3), error=error)
 
 
