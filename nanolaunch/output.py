@@ -70,4 +70,6 @@ def hours(h: float | None) -> str:
 def seconds(s: float | None) -> str:
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return "unknown"
-    return f"{s * 1000:,.0f} ms" if s < 10 else hours(s / 3600)
+    if s < 1:
+        return f"{s * 1000:,.0f} ms"
+    return f"{s:.1f} s" if s < 60 else hours(s / 3600)

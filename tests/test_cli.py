@@ -83,3 +83,10 @@ def test_prices_lists_a100_and_h100_with_a_source():
     priced = {r["gpu"] for r in rows if r["usd_per_hour"]}
     assert {"A100", "H100"} <= priced
     assert all(r["source"] for r in rows if r["usd_per_hour"])
+
+
+def test_durations_read_in_one_unit_per_scale():
+    from nanolaunch import output as out
+
+    assert [out.seconds(x) for x in (0.2349, 9.04, 12.0, 88.5, None)] == ["235 ms", "9.0 s", "12.0 s", "1.5 min",
+                                                                          "unknown"]
