@@ -72,12 +72,18 @@ def measurement(rows: list[dict]) -> dict:
 
 
 def startup(row: dict) -> float | None:
-    """Wall time outside the median steps and the evaluations: imports, data, model, compilation and the
-    first step, the final checkpoint. None for a run recorded before evaluations were timed."""
-    evals = 0.0 if row["kind"] == "dry" else row.get("eval_seconds")  # a probe never evaluates
-    if evals is None or not row["wall_seconds"] or not row["step_ms"]:
+    """Wall time a plan adds to `steps × median step + evaluations`: imports, data, model, compilation and the
+    first step, the final checkpoint. From the trainer's own step and evaluation times; for a probe recorded
+    before those were kept, its wall time less its steps at the median. None when it cannot be told."""
+    if not row["wall_seconds"] or not row["step_ms"]:
         return None
-    return max(0.0, row["wall_seconds"] - row["steps"] * row["step_ms"] / 1000 - evals)
+    median = row["step_ms"] / 1000
+    if row.get("train_seconds") is not None and row.get("eval_seconds") is not None:
+        # the steps after the first took train_seconds (a slow spell included); the first counts one median
+        return max(0.0, row["wall_seconds"] - row["train_seconds"] - median - row["eval_seconds"])
+    if row["kind"] == "dry":  # a probe never evaluates
+        return max(0.0, row["wall_seconds"] - row["steps"] * median)
+    return None
 
 
 def describe(rows: list[dict]) -> str:

@@ -69,7 +69,7 @@ def test_run_records_the_result_and_show_plots_it(home, tmp_path):
     assert row["status"] == "ok" and row["steps"] == 10 and row["val_bpb"] > 0
     assert row["mfu"] is None  # a CPU has no known peak: unknown, never guessed
     assert row["cost_usd"] == 0 and row["wall_seconds"] > 0 and row["peak_memory_gib"] > 0
-    assert 0 < row["eval_seconds"] < row["wall_seconds"]  # timed, so the next plan knows its start-up
+    assert 0 < row["eval_seconds"] < row["wall_seconds"] and 0 < row["train_seconds"] < row["wall_seconds"]
     listed = [x for x in rows(home) if x["id"] == row["id"]][0]
     for key in ("id", "project", "title", "kind", "status", "preset", "gpu", "wall_seconds", "cost_usd", "val_bpb",
                 "mfu", "tokens_per_second", "peak_memory_gib"):
