@@ -57,14 +57,16 @@ def _speed_key(row: dict) -> tuple:
     return (*(c[k] for k in ("depth", "device_batch", "seq_len", "vocab_size", "head_dim")), RunConfig(**c).mode)
 
 
-def measurement(rows: list[dict]) -> dict:
+def measurement(rows: list[dict], probe: bool = False) -> dict:
     """What the planner needs from measured rows of one config: the median of their FLOP/s (through tokens/s
     and FLOPs/token), MFU and start-up seconds. One timing can land in a slow spell of a shared machine;
-    the median of several cannot."""
+    the median of several cannot. Start-up comes from rows of the kind planned where there are any: a run
+    prepares real data and saves a checkpoint, a probe does neither (2.5 s apart on cpu_demo)."""
     config = RunConfig(**rows[0]["config"])
     devices = (rows[0]["gpu_count"] or 1) * (rows[0]["nodes"] or 1)
     mfus = [r["mfu"] for r in rows if r["mfu"]]
-    startups = [s for s in map(startup, rows) if s is not None]
+    alike = [r for r in rows if (r["kind"] == "dry") == probe]
+    startups = [s for s in map(startup, alike) if s is not None] or [s for s in map(startup, rows) if s is not None]
     return {"mfu": statistics.median(mfus) if mfus else None,
             "tokens_per_second": statistics.median(r["tokens_per_second"] for r in rows),
             "flops_per_token": config.shape.flops_per_token, "devices": devices,
@@ -96,13 +98,14 @@ def describe(rows: list[dict]) -> str:
             f"seq {c['seq_len']} on {r['gpu_count'] or 1}×{r['gpu']}, {tps:,.0f} tok/s")
 
 
-def measured_for(config: RunConfig, preset, rows: list[dict]) -> tuple[dict | None, str]:
-    """The ledger's nearest measurement, else the preset's recorded results, else nothing."""
+def measured_for(config: RunConfig, preset, rows: list[dict], probe: bool = False) -> tuple[dict | None, str]:
+    """The ledger's nearest measurement, else the preset's recorded results, else nothing. `probe`: for a
+    probe's plan, whose start-up is a probe's."""
     from nanolaunch.planner import measured_from_preset
 
     pool = nearest(rows, config)
     if pool:
-        return measurement(pool), describe(pool)
+        return measurement(pool, probe), describe(pool)
     return measured_from_preset(preset, config)
 
 

@@ -43,7 +43,7 @@ def derived(config: RunConfig, preset: Preset | None, probe: bool = False) -> di
     """The plan a run is launched with (and later compared against): the ledger's own measurements first."""
     from nanolaunch import calibration
 
-    measured, source = calibration.measured_for(config, preset, calibration.ledger_rows())
+    measured, source = calibration.measured_for(config, preset, calibration.ledger_rows(), probe=probe)
     return make_plan(config, measured=measured, measured_from=source, rank_alternatives=False, probe=probe)
 
 

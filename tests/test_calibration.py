@@ -117,3 +117,18 @@ def test_a_probe_is_predicted_without_evaluations():
     probe, run = make_plan(config, measured=measured, probe=True), make_plan(config, measured=measured)
     assert probe["evals"] == 0 and probe["wall_hours"] * 3600 == pytest.approx(20 * 4096 / 10_000.0 + 3.0)
     assert run["evals"] == 5 and run["wall_hours"] > probe["wall_hours"]
+
+
+def test_start_up_comes_from_rows_of_the_kind_planned(db):
+    """A run prepares real data and checkpoints; a probe does neither: each predicts its own kind's start-up."""
+    from nanolaunch.calibration import ledger_rows, measured_for
+
+    config = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+                       total_batch=4096, iterations=300, data_source="stdlib")
+    record(db, config, kind="run", tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=100.0, steps=300,
+           train_seconds=82.0, eval_seconds=9.0)
+    record(db, config.replace(iterations=20), tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=8.0,
+           train_seconds=4.7, eval_seconds=0.0)
+    rows = ledger_rows()
+    assert measured_for(config, None, rows)[0]["startup_seconds"] == pytest.approx(100.0 - 82.0 - 0.256 - 9.0)
+    assert measured_for(config, None, rows, probe=True)[0]["startup_seconds"] == pytest.approx(8.0 - 4.7 - 0.256)
