@@ -58,33 +58,37 @@ def _speed_key(row: dict) -> tuple:
 
 
 def measurement(rows: list[dict], probe: bool = False) -> dict:
-    """What the planner needs from measured rows of one config: the median of their FLOP/s (through tokens/s
-    and FLOPs/token), MFU and start-up seconds. One timing can land in a slow spell of a shared machine;
-    the median of several cannot. Start-up comes from rows of the kind planned where there are any: a run
-    prepares real data and saves a checkpoint, a probe does neither (2.5 s apart on cpu_demo)."""
+    """What the planner needs from measured rows of one config: the median over rows of their FLOP/s
+    (through tokens/s and FLOPs/token), MFU and start-up seconds. One timing can land in a slow spell of a
+    shared machine; the median of several cannot. Start-up comes from rows of the kind planned where there
+    are any: a run prepares real data and saves a checkpoint, a probe does neither (2.5 s apart on cpu_demo)."""
     config = RunConfig(**rows[0]["config"])
     devices = (rows[0]["gpu_count"] or 1) * (rows[0]["nodes"] or 1)
-    mfus = [r["mfu"] for r in rows if r["mfu"]]
+    mfus = [r["mfu"] * _mean_over_median(r) for r in rows if r["mfu"]]
     alike = [r for r in rows if (r["kind"] == "dry") == probe]
     startups = [s for s in map(startup, alike) if s is not None] or [s for s in map(startup, rows) if s is not None]
     return {"mfu": statistics.median(mfus) if mfus else None,
-            "tokens_per_second": statistics.median(r["tokens_per_second"] for r in rows),
+            "tokens_per_second": statistics.median(r["tokens_per_second"] * _mean_over_median(r) for r in rows),
             "flops_per_token": config.shape.flops_per_token, "devices": devices,
             "startup_seconds": statistics.median(startups) if startups else None}
 
 
+def _mean_over_median(row: dict) -> float:
+    """Wall time adds up the mean step, the ledger's rate is the median's: their ratio (1 where not kept)."""
+    mean = row.get("step_ms_mean")
+    return row["step_ms"] / mean if mean and row["step_ms"] else 1.0
+
+
 def startup(row: dict) -> float | None:
-    """Wall time a plan adds to `steps × median step + evaluations`: imports, data, model, compilation and the
-    first step, the final checkpoint. From the trainer's own step and evaluation times; for a probe recorded
-    before those were kept, its wall time less its steps at the median. None when it cannot be told."""
+    """Wall time a plan adds to `steps × mean step + evaluations`: imports, data, model, compilation and the
+    first step's warm-up, the final checkpoint. For a probe recorded before the trainer kept its mean step
+    and evaluation time, its wall time less its steps at the median. None when it cannot be told."""
     if not row["wall_seconds"] or not row["step_ms"]:
         return None
-    median = row["step_ms"] / 1000
-    if row.get("train_seconds") is not None and row.get("eval_seconds") is not None:
-        # the steps after the first took train_seconds (a slow spell included); the first counts one median
-        return max(0.0, row["wall_seconds"] - row["train_seconds"] - median - row["eval_seconds"])
+    if row.get("step_ms_mean") and row.get("eval_seconds") is not None:
+        return max(0.0, row["wall_seconds"] - row["steps"] * row["step_ms_mean"] / 1000 - row["eval_seconds"])
     if row["kind"] == "dry":  # a probe never evaluates
-        return max(0.0, row["wall_seconds"] - row["steps"] * median)
+        return max(0.0, row["wall_seconds"] - row["steps"] * row["step_ms"] / 1000)
     return None
 
 
@@ -92,10 +96,10 @@ def describe(rows: list[dict]) -> str:
     r, c = rows[0], rows[0]["config"]
     ids = ", ".join(f"#{x['id']}" for x in rows)
     what = f"ledger {ids}" if len(rows) == 1 else f"median of ledger {ids}"
-    tps = statistics.median(x["tokens_per_second"] for x in rows)
+    tps = statistics.median(x["tokens_per_second"] * _mean_over_median(x) for x in rows)
     kinds = "/".join(sorted({x["kind"] for x in rows}))
     return (f"{what}: {kinds} d{c['depth']} batch {c['device_batch']} "
-            f"seq {c['seq_len']} on {r['gpu_count'] or 1}×{r['gpu']}, {tps:,.0f} tok/s")
+            f"seq {c['seq_len']} on {r['gpu_count'] or 1}×{r['gpu']}, {tps:,.0f} tok/s at the mean step")
 
 
 def measured_for(config: RunConfig, preset, rows: list[dict], probe: bool = False) -> tuple[dict | None, str]:

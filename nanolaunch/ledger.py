@@ -70,7 +70,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX run_events_run ON run_events (run_id, id);
     """),
     ("003_timings", """
-        ALTER TABLE runs ADD COLUMN train_seconds REAL;    -- time in the training steps after the first
+        ALTER TABLE runs ADD COLUMN step_ms_mean REAL;     -- mean of the steps step_ms is the median of
         ALTER TABLE runs ADD COLUMN eval_seconds REAL;     -- time in evaluations (0 for a probe)
     """),
 ]
@@ -78,7 +78,7 @@ MIGRATIONS: list[tuple[str, str]] = [
 COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "gpu", "gpu_count", "nodes", "status",
            "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb", "mfu",
            "tokens_per_second", "step_ms", "peak_memory_gib", "steps", "run_dir", "log_path", "result_path",
-           "wandb_url", "git_commit", "error", "pid", "cluster", "sky_job_id", "managed", "recoveries", "train_seconds",
+           "wandb_url", "git_commit", "error", "pid", "cluster", "sky_job_id", "managed", "recoveries", "step_ms_mean",
            "eval_seconds")
 JSON_COLUMNS = ("config", "plan")
 
@@ -152,7 +152,7 @@ class Ledger:
         wall = fields.pop("wall_seconds", None) or ended - (row["started_at"] or ended)
         result = result or {}
         figures = {k: result.get(k) for k in ("val_bpb", "mfu", "tokens_per_second", "step_ms", "peak_memory_gib",
-                                                 "steps", "train_seconds", "eval_seconds") if result.get(k) is not None}
+                                                 "steps", "step_ms_mean", "eval_seconds") if result.get(k) is not None}
         if result.get("error"):
             figures["error"] = str(result["error"])[:2000]
         rate = row["usd_per_hour"]

@@ -88,14 +88,17 @@ def test_repeated_measurements_of_one_config_pool_into_their_median(db):
     assert p["startup_seconds"] == pytest.approx(startups[1])  # the run's steps were not timed: left out
 
 
-def test_a_run_with_timed_steps_and_evaluations_gives_its_start_up(db):
-    """After a run (and no probe), the next plan still counts start-up: wall − later steps − one median − evals.
-    A slow spell in the steps stays in the steps (it once read as 10 s of start-up and put probes 55% high)."""
+def test_a_run_predicts_from_its_mean_step_and_gives_its_start_up(db):
+    """Wall time adds up the mean step, not the median: slow spells stay in the steps, and a run alone gives
+    the next plan its start-up (wall − steps × mean step − evaluations)."""
     config = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
                        total_batch=4096, iterations=300, data_source="stdlib")
     record(db, config, kind="run", preset="cpu_demo", tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=100.0,
-           steps=300, train_seconds=82.0, eval_seconds=9.0)
-    assert plan("--preset", "cpu_demo")["startup_seconds"] == pytest.approx(100.0 - 82.0 - 0.256 - 9.0)
+           steps=300, step_ms_mean=272.0, eval_seconds=9.0)
+    p = plan("--preset", "cpu_demo")
+    assert p["step_seconds"] == pytest.approx(0.272) and "15,059 tok/s at the mean step" in p["mfu_source"]
+    assert p["startup_seconds"] == pytest.approx(100.0 - 300 * 0.272 - 9.0)
+    assert p["wall_hours"] * 3600 == pytest.approx(100.0, rel=0.05)  # the run itself back (evaluations from FLOPs)
 
 
 def test_precision_and_compilation_weigh_more_than_size(db):
@@ -126,9 +129,9 @@ def test_start_up_comes_from_rows_of_the_kind_planned(db):
     config = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
                        total_batch=4096, iterations=300, data_source="stdlib")
     record(db, config, kind="run", tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=100.0, steps=300,
-           train_seconds=82.0, eval_seconds=9.0)
+           step_ms_mean=256.0, eval_seconds=9.0)
     record(db, config.replace(iterations=20), tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=8.0,
-           train_seconds=4.7, eval_seconds=0.0)
+           step_ms_mean=256.0, eval_seconds=0.0)
     rows = ledger_rows()
-    assert measured_for(config, None, rows)[0]["startup_seconds"] == pytest.approx(100.0 - 82.0 - 0.256 - 9.0)
-    assert measured_for(config, None, rows, probe=True)[0]["startup_seconds"] == pytest.approx(8.0 - 4.7 - 0.256)
+    assert measured_for(config, None, rows)[0]["startup_seconds"] == pytest.approx(100.0 - 300 * 0.256 - 9.0)
+    assert measured_for(config, None, rows, probe=True)[0]["startup_seconds"] == pytest.approx(8.0 - 20 * 0.256)

@@ -69,7 +69,7 @@ def test_run_records_the_result_and_show_plots_it(home, tmp_path):
     assert row["status"] == "ok" and row["steps"] == 10 and row["val_bpb"] > 0
     assert row["mfu"] is None  # a CPU has no known peak: unknown, never guessed
     assert row["cost_usd"] == 0 and row["wall_seconds"] > 0 and row["peak_memory_gib"] > 0
-    assert 0 < row["eval_seconds"] < row["wall_seconds"] and 0 < row["train_seconds"] < row["wall_seconds"]
+    assert 0 < row["eval_seconds"] < row["wall_seconds"] and row["step_ms_mean"] >= 0.5 * row["step_ms"]
     listed = [x for x in rows(home) if x["id"] == row["id"]][0]
     for key in ("id", "project", "title", "kind", "status", "preset", "gpu", "wall_seconds", "cost_usd", "val_bpb",
                 "mfu", "tokens_per_second", "peak_memory_gib"):
@@ -86,6 +86,9 @@ def test_run_records_the_result_and_show_plots_it(home, tmp_path):
     plan = json.loads(nl(home, "plan", "--preset", "tiny_promoted", "--json").stdout)
     original = json.loads(nl(home, "plan", "--preset", "tiny", "--json").stdout)
     assert plan["config"] == original["config"]
+    # after the run, the plan of its preset predicts from what it measured, start-up included
+    assert original["mfu_source"].startswith(f"measured tokens/s (ledger #{row['id']}: run d")
+    assert 0 < original["startup_seconds"] < row["wall_seconds"]
     assert plan["step_seconds"] is not None  # the promoted run's measured tokens/s now predicts its step time
 
 

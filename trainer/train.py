@@ -660,7 +660,7 @@ class Run:
         return dict(status=status, steps=self.steps, val_bpb=self.val_bpb, loss=self.loss, mfu=mfu,
                     peak_memory_gib=peak, tokens_per_second=None if tps is None else round(tps, 1),
                     step_ms=None if med is None else round(med, 3),
-                    train_seconds=round(sum(self.step_ms[1:]) / 1000, 3) if len(self.step_ms) > 1 else None,
+                    step_ms_mean=round(statistics.mean(self.step_ms[1:]), 3) if len(self.step_ms) > 1 else None,
                     eval_seconds=round(self.eval_seconds, 3),
                     wall_seconds=round(time.time() - self.t_start, 3),
                     total_wall_seconds=round(self.wall_before + time.time() - self.t_start, 3), error=error)
