@@ -82,14 +82,16 @@ def _mean_over_median(row: dict) -> float:
 def startup(row: dict) -> float | None:
     """Wall time a plan adds to `steps × mean step + evaluations`: imports, data, model, compilation and the
     first step's warm-up, the final checkpoint. For a probe recorded before the trainer kept its mean step
-    and evaluation time, its wall time less its steps at the median. None when it cannot be told."""
+    and evaluation time, its wall time less its steps at the median. None where it cannot be told."""
     if not row["wall_seconds"] or not row["step_ms"]:
         return None
     if row.get("step_ms_mean") and row.get("eval_seconds") is not None:
-        return max(0.0, row["wall_seconds"] - row["steps"] * row["step_ms_mean"] / 1000 - row["eval_seconds"])
-    if row["kind"] == "dry":  # a probe never evaluates
-        return max(0.0, row["wall_seconds"] - row["steps"] * row["step_ms"] / 1000)
-    return None
+        left = row["wall_seconds"] - row["steps"] * row["step_ms_mean"] / 1000 - row["eval_seconds"]
+    elif row["kind"] == "dry":  # a probe never evaluates
+        left = row["wall_seconds"] - row["steps"] * row["step_ms"] / 1000
+    else:
+        return None
+    return left if left >= 0 else None  # negative: a resumed run (steps counted over its earlier segments)
 
 
 def describe(rows: list[dict]) -> str:

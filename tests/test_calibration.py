@@ -135,3 +135,12 @@ def test_start_up_comes_from_rows_of_the_kind_planned(db):
     rows = ledger_rows()
     assert measured_for(config, None, rows)[0]["startup_seconds"] == pytest.approx(100.0 - 300 * 0.256 - 9.0)
     assert measured_for(config, None, rows, probe=True)[0]["startup_seconds"] == pytest.approx(8.0 - 20 * 0.256)
+
+
+def test_a_resumed_run_gives_no_start_up():
+    """Its steps count earlier segments too, so wall − steps reads negative: unknown, not zero."""
+    from nanolaunch.calibration import startup
+
+    resumed = {"kind": "run", "wall_seconds": 40.0, "steps": 300, "step_ms": 250.0, "step_ms_mean": 255.0,
+               "eval_seconds": 5.0}
+    assert startup(resumed) is None and startup({**resumed, "wall_seconds": 90.0}) == pytest.approx(8.5)
