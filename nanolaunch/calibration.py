@@ -16,6 +16,7 @@ from nanolaunch.config import RunConfig
 
 TRACK_RECORD = 5  # past rows shown by `plan`
 POOL = 5  # newest measurements of one config whose median a prediction uses
+MEAN_STEPS = 100  # a row of this many steps predicts with its mean step, a shorter one with its median
 
 
 def ledger_rows() -> list[dict]:
@@ -64,33 +65,38 @@ def measurement(rows: list[dict], probe: bool = False) -> dict:
     are any: a run prepares real data and saves a checkpoint, a probe does neither (2.5 s apart on cpu_demo)."""
     config = RunConfig(**rows[0]["config"])
     devices = (rows[0]["gpu_count"] or 1) * (rows[0]["nodes"] or 1)
-    mfus = [r["mfu"] * _mean_over_median(r) for r in rows if r["mfu"]]
+    mfus = [r["mfu"] * _rate_scale(r) for r in rows if r["mfu"]]
     alike = [r for r in rows if (r["kind"] == "dry") == probe]
     startups = [s for s in map(startup, alike) if s is not None] or [s for s in map(startup, rows) if s is not None]
     return {"mfu": statistics.median(mfus) if mfus else None,
-            "tokens_per_second": statistics.median(r["tokens_per_second"] * _mean_over_median(r) for r in rows),
+            "tokens_per_second": statistics.median(r["tokens_per_second"] * _rate_scale(r) for r in rows),
             "flops_per_token": config.shape.flops_per_token, "devices": devices,
             "startup_seconds": statistics.median(startups) if startups else None}
 
 
-def _mean_over_median(row: dict) -> float:
-    """Wall time adds up the mean step, the ledger's rate is the median's: their ratio (1 where not kept)."""
-    mean = row.get("step_ms_mean")
-    return row["step_ms"] / mean if mean and row["step_ms"] else 1.0
+def _step_ms(row: dict) -> float:
+    """The step a row predicts with: the mean over a run of MEAN_STEPS or more (wall time adds up every
+    step, slow ones included), else the median (one slow step moves a 20-step probe's mean: +14% once)."""
+    if row.get("step_ms_mean") and row["steps"] >= MEAN_STEPS:
+        return row["step_ms_mean"]
+    return row["step_ms"]
+
+
+def _rate_scale(row: dict) -> float:
+    """The ledger's rate is at the median step: this puts it at the step the row predicts with."""
+    return row["step_ms"] / _step_ms(row) if row["step_ms"] else 1.0
 
 
 def startup(row: dict) -> float | None:
-    """Wall time a plan adds to `steps × mean step + evaluations`: imports, data, model, compilation and the
-    first step's warm-up, the final checkpoint. For a probe recorded before the trainer kept its mean step
-    and evaluation time, its wall time less its steps at the median. None where it cannot be told."""
+    """Wall time a plan adds to `steps × step + evaluations`: imports, data, model, compilation and the
+    first step's warm-up, the final checkpoint. None where it cannot be told: a run recorded before the
+    trainer timed its evaluations."""
     if not row["wall_seconds"] or not row["step_ms"]:
         return None
-    if row.get("step_ms_mean") and row.get("eval_seconds") is not None:
-        left = row["wall_seconds"] - row["steps"] * row["step_ms_mean"] / 1000 - row["eval_seconds"]
-    elif row["kind"] == "dry":  # a probe never evaluates
-        left = row["wall_seconds"] - row["steps"] * row["step_ms"] / 1000
-    else:
+    evals = 0.0 if row["kind"] == "dry" else row.get("eval_seconds")  # a probe never evaluates
+    if evals is None:
         return None
+    left = row["wall_seconds"] - row["steps"] * _step_ms(row) / 1000 - evals
     return left if left >= 0 else None  # negative: a resumed run (steps counted over its earlier segments)
 
 
@@ -98,10 +104,10 @@ def describe(rows: list[dict]) -> str:
     r, c = rows[0], rows[0]["config"]
     ids = ", ".join(f"#{x['id']}" for x in rows)
     what = f"ledger {ids}" if len(rows) == 1 else f"median of ledger {ids}"
-    tps = statistics.median(x["tokens_per_second"] * _mean_over_median(x) for x in rows)
+    tps = statistics.median(x["tokens_per_second"] * _rate_scale(x) for x in rows)
     kinds = "/".join(sorted({x["kind"] for x in rows}))
     return (f"{what}: {kinds} d{c['depth']} batch {c['device_batch']} "
-            f"seq {c['seq_len']} on {r['gpu_count'] or 1}×{r['gpu']}, {tps:,.0f} tok/s at the mean step")
+            f"seq {c['seq_len']} on {r['gpu_count'] or 1}×{r['gpu']}, {tps:,.0f} tok/s")
 
 
 def measured_for(config: RunConfig, preset, rows: list[dict], probe: bool = False) -> tuple[dict | None, str]:
