@@ -1,10 +1,11 @@
 """How well the plan predicts a CPU run's wall time once the ledger holds a probe of the same preset.
 
-    python bench/wall_prediction.py [--preset cpu_demo] [--iterations N] [--repeats 3]
+    python bench/wall_prediction.py [--preset cpu_demo] [--iterations N] [--repeats 3] [--from probe|run]
 
 Each repeat, in a fresh NANOLAUNCH_HOME whose data cache is already warm (a rerun, as in practice): probe
-the preset (`dry`, 20 steps), read the plan's predicted wall time (which now uses that probe), run the
-preset, and compare with the wall time the ledger recorded. Prints one line per repeat and the median error.
+the preset (`dry`, 20 steps) or, with `--from run`, run it once, read the plan's predicted wall time
+(which now uses that row), run the preset, and compare with the wall time the ledger recorded. Prints one
+line per repeat and the median error.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu_demo")
     ap.add_argument("--iterations", type=int, help="override the preset's horizon (a longer run)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--from", dest="source", choices=("probe", "run"), default="probe",
+                    help="what the ledger holds before the plan: one probe, or one earlier run")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="nl-wall-"))
     warm = base / "warm"
@@ -38,8 +41,11 @@ def main() -> None:
     for i in range(args.repeats):
         home = base / f"r{i}"
         shutil.copytree(warm / "cache", home / "cache")
-        nl(home, "dry", "--preset", args.preset, "--local")
         horizon = ["--iterations", str(args.iterations)] if args.iterations else []
+        if args.source == "probe":
+            nl(home, "dry", "--preset", args.preset, "--local")
+        else:
+            nl(home, "run", "--preset", args.preset, "--local", *horizon)
         plan = nl(home, "plan", "--preset", args.preset, *horizon)
         row = nl(home, "run", "--preset", args.preset, "--local", *horizon)
         predicted, measured = plan["wall_hours"] * 3600, row["wall_seconds"]
