@@ -13,6 +13,7 @@ import statistics
 
 from nanolaunch import gpus
 from nanolaunch.config import RunConfig
+from nanolaunch.errors import NanolaunchError
 
 TRACK_RECORD = 5  # past rows shown by `plan`
 POOL = 5  # newest measurements of one config whose median a prediction uses
@@ -38,11 +39,11 @@ def nearest(rows: list[dict], config: RunConfig) -> list[dict]:
     FLOPs scale for), then depth, device batch, sequence length and vocabulary; up to POOL of them, newest first."""
     gpu, per_node = gpus.parse_gpu_spec(config.gpu)
     same = [r for r in rows if r["status"] == "ok" and r["gpu"] == gpu.name and (r["gpu_count"] or 1) == per_node
-            and r["tokens_per_second"] and r["config"] and r["steps"]]
+            and r["tokens_per_second"] and r["steps"] and _config(r) is not None]
 
     def distance(r: dict):
         c = r["config"]
-        return (RunConfig(**c).mode != config.mode, abs(c["depth"] - config.depth),
+        return (_config(r).mode != config.mode, abs(c["depth"] - config.depth),
                 abs(math.log2(c["device_batch"] / config.device_batch)), c["seq_len"] != config.seq_len,
                 c["vocab_size"] != config.vocab_size)
 
@@ -55,7 +56,15 @@ def nearest(rows: list[dict], config: RunConfig) -> list[dict]:
 def _speed_key(row: dict) -> tuple:
     """What a row's speed depends on besides the machine: rows alike in this measured the same thing."""
     c = row["config"]
-    return (*(c[k] for k in ("depth", "device_batch", "seq_len", "vocab_size", "head_dim")), RunConfig(**c).mode)
+    return (*(c[k] for k in ("depth", "device_batch", "seq_len", "vocab_size", "head_dim")), _config(row).mode)
+
+
+def _config(row: dict) -> RunConfig | None:
+    """The row's config; None for one this version cannot read (a field renamed since), which is skipped."""
+    try:
+        return RunConfig(**(row["config"] or {}))
+    except (TypeError, NanolaunchError):
+        return None
 
 
 def measurement(rows: list[dict], probe: bool = False) -> dict:
@@ -63,7 +72,7 @@ def measurement(rows: list[dict], probe: bool = False) -> dict:
     (through tokens/s and FLOPs/token), MFU and start-up seconds. One timing can land in a slow spell of a
     shared machine; the median of several cannot. Start-up comes from rows of the kind planned where there
     are any: a run prepares real data and saves a checkpoint, a probe does neither (2.5 s apart on cpu_demo)."""
-    config = RunConfig(**rows[0]["config"])
+    config = _config(rows[0])
     devices = (rows[0]["gpu_count"] or 1) * (rows[0]["nodes"] or 1)
     mfus = [r["mfu"] * _rate_scale(r) for r in rows if r["mfu"]]
     alike = [r for r in rows if (r["kind"] == "dry") == probe]

@@ -154,3 +154,9 @@ def test_a_probe_predicts_with_its_median_step_a_run_with_its_mean(db):
            eval_seconds=0.0)
     p = plan("--preset", "cpu_demo")
     assert p["step_seconds"] == pytest.approx(0.256) and p["startup_seconds"] == pytest.approx(9.0 - 20 * 0.256)
+
+
+def test_a_row_this_version_cannot_read_is_skipped_not_fatal(db):
+    record(db, RunConfig(depth=6, gpu="H100:1", iterations=20), mfu=0.30, tokens_per_second=1e5)
+    db.db.execute("UPDATE runs SET config = ? WHERE id = 1", ('{"depth": 6, "renamed_field": 1}',))
+    assert plan("d6", "--gpu", "H100:1")["mfu_source"].startswith("seed record")
