@@ -38,25 +38,24 @@ def nearest(rows: list[dict], config: RunConfig) -> list[dict]:
     closest to `config` first in precision and compilation (they change speed outright, unlike size, which
     FLOPs scale for), then depth, device batch, sequence length and vocabulary; up to POOL of them, newest first."""
     gpu, per_node = gpus.parse_gpu_spec(config.gpu)
-    same = [r for r in rows if r["status"] == "ok" and r["gpu"] == gpu.name and (r["gpu_count"] or 1) == per_node
-            and r["tokens_per_second"] and r["steps"] and _config(r) is not None]
-
-    def distance(r: dict):
-        c = r["config"]
-        return (_config(r).mode != config.mode, abs(c["depth"] - config.depth),
-                abs(math.log2(c["device_batch"] / config.device_batch)), c["seq_len"] != config.seq_len,
-                c["vocab_size"] != config.vocab_size)
-
+    same = [(r, c) for r in rows if r["status"] == "ok" and r["gpu"] == gpu.name and (r["gpu_count"] or 1) == per_node
+            and r["tokens_per_second"] and r["steps"] and (c := _config(r)) is not None]
     if not same:
         return []
-    key = _speed_key(min(same, key=lambda r: (distance(r), -r["id"])))
-    return sorted((r for r in same if _speed_key(r) == key), key=lambda r: -r["id"])[:POOL]
+
+    def distance(c: RunConfig):
+        return (c.mode != config.mode, abs(c.depth - config.depth),
+                abs(math.log2(c.device_batch / config.device_batch)), c.seq_len != config.seq_len,
+                c.vocab_size != config.vocab_size)
+
+    _, closest = min(same, key=lambda rc: (distance(rc[1]), -rc[0]["id"]))
+    alike = [r for r, c in same if _speed_key(c) == _speed_key(closest)]
+    return sorted(alike, key=lambda r: -r["id"])[:POOL]
 
 
-def _speed_key(row: dict) -> tuple:
+def _speed_key(c: RunConfig) -> tuple:
     """What a row's speed depends on besides the machine: rows alike in this measured the same thing."""
-    c = row["config"]
-    return (*(c[k] for k in ("depth", "device_batch", "seq_len", "vocab_size", "head_dim")), _config(row).mode)
+    return c.depth, c.device_batch, c.seq_len, c.vocab_size, c.head_dim, c.mode
 
 
 def _config(row: dict) -> RunConfig | None:
