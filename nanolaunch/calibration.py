@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import statistics
 
-from nanolaunch import gpus
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 
@@ -37,16 +36,16 @@ def nearest(rows: list[dict], config: RunConfig) -> list[dict]:
     """The measurements of the nearest measured config: ok rows on the same GPU kind (and GPUs per node),
     closest to `config` first in precision and compilation (they change speed outright, unlike size, which
     FLOPs scale for), then depth, device batch, sequence length and vocabulary; up to POOL of them, newest first."""
-    gpu, per_node = gpus.parse_gpu_spec(config.gpu)
-    same = [(r, c) for r in rows if r["status"] == "ok" and r["gpu"] == gpu.name and (r["gpu_count"] or 1) == per_node
+    same = [(r, c) for r in rows if r["status"] == "ok" and r["gpu"] == config.accelerator.name
+            and (r["gpu_count"] or 1) == config.gpus_per_node
             and r["tokens_per_second"] and r["steps"] and (c := _config(r)) is not None]
     if not same:
         return []
 
     def distance(c: RunConfig):
-        return (c.mode != config.mode, abs(c.depth - config.depth),
-                abs(math.log2(c.device_batch / config.device_batch)), c.seq_len != config.seq_len,
-                c.vocab_size != config.vocab_size)
+        return (c.mode != config.mode, abs(c.train.depth - config.train.depth),
+                abs(math.log2(c.train.device_batch / config.train.device_batch)), c.train.seq_len != config.train.seq_len,
+                c.train.vocab_size != config.train.vocab_size)
 
     _, closest = min(same, key=lambda rc: (distance(rc[1]), -rc[0]["id"]))
     alike = [r for r, c in same if _speed_key(c) == _speed_key(closest)]
@@ -55,13 +54,13 @@ def nearest(rows: list[dict], config: RunConfig) -> list[dict]:
 
 def _speed_key(c: RunConfig) -> tuple:
     """What a row's speed depends on besides the machine: rows alike in this measured the same thing."""
-    return c.depth, c.device_batch, c.seq_len, c.vocab_size, c.head_dim, c.mode
+    return c.train.depth, c.train.device_batch, c.train.seq_len, c.train.vocab_size, c.train.head_dim, c.mode
 
 
 def _config(row: dict) -> RunConfig | None:
     """The row's config; None for one this version cannot read (a field renamed since), which is skipped."""
     try:
-        return RunConfig(**(row["config"] or {}))
+        return RunConfig.build(**(row["config"] or {}))
     except (TypeError, NanolaunchError):
         return None
 

@@ -6,6 +6,11 @@ import sys
 
 import typer
 
+try:  # typer ≥ 0.22 carries its own copy of click; older ones raise click's exceptions
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError
+
 from nanolaunch.commands import cloud, ledger, plan, preset, prices, run, show
 from nanolaunch.errors import NanolaunchError
 
@@ -26,7 +31,20 @@ app.add_typer(ledger.app, name="ledger")
 
 def main() -> None:
     try:
-        app(standalone_mode=True)
+        # Not standalone: click raises its usage errors (printed below as one line, not a box) and returns the
+        # code of a typer.Exit, of --help or of Ctrl-C instead of exiting.
+        code = app(prog_name="nanolaunch", standalone_mode=False)
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `nanolaunch`, `nanolaunch preset`: the help, not an error
+            sys.stderr.write(e.format_message())  # empty where rich has printed the help already
+            sys.exit(e.exit_code)
+        _fail(f"{_first_line(e.format_message())} (see {_command_path(e)} --help)", e.exit_code)
+    except ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        _fail("interrupted", 130)
     except NanolaunchError as e:
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
@@ -35,13 +53,24 @@ def main() -> None:
         if os.environ.get("NANOLAUNCH_DEBUG") == "1":
             raise
         _fail(f"{type(e).__name__}: {e} (set NANOLAUNCH_DEBUG=1 for the traceback)", 1)
+    else:
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str, code: int) -> None:
     from nanolaunch.output import error
 
-    error(message.splitlines()[0] if message else "failed")
+    error(_first_line(message) or "failed")
     sys.exit(code)
+
+
+def _first_line(message: str) -> str:
+    return message.strip().splitlines()[0] if message.strip() else ""
+
+
+def _command_path(e: UsageError) -> str:
+    ctx = getattr(e, "ctx", None)
+    return ctx.command_path if ctx is not None else "nanolaunch"
 
 
 if __name__ == "__main__":

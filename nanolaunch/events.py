@@ -1,25 +1,9 @@
-"""Parse the trainer's event stream (docs/events.md), from a local subprocess or a SkyPilot log alike."""
+"""What a follower of a run knows from its event stream (the contract itself: trainer/events.py)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 1
-EXIT_STATUS = {0: "ok", 1: "crashed", 3: "oom", 4: "over_budget", 130: "cancelled"}
-
-
-def parse_line(line: str) -> dict | None:
-    """The event on this line, or None. Text before the first '{' (log prefixes) is ignored."""
-    start = line.find("{")
-    if start < 0:
-        return None
-    try:
-        event = json.loads(line[start:])
-    except ValueError:
-        return None
-    if isinstance(event, dict) and "event" in event and event.get("v") == SCHEMA_VERSION:
-        return event
-    return None
+from trainer.events import parse_line
 
 
 @dataclass

@@ -1,35 +1,11 @@
-"""Hardware facts: memory and peak dense bf16 FLOP/s per accelerator, with an explicit unknown case."""
+"""GPU specs as users write them ("H100:8"): parsed once, against the one hardware table (trainer/hardware.py)."""
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 
 from nanolaunch.errors import NanolaunchError
+from trainer.hardware import GPU, GPUS
 
-
-@dataclass(frozen=True)
-class GPU:
-    name: str  # SkyPilot's accelerator name
-    memory_gib: float
-    peak_bf16_tflops: float | None  # None: unknown, so MFU is reported as unknown, never guessed
-    description: str
-
-    @property
-    def peak_flops(self) -> float | None:
-        return None if self.peak_bf16_tflops is None else self.peak_bf16_tflops * 1e12
-
-
-# Peak dense bf16 from DESIGN.md §3 (vendor datasheets, no sparsity).
-GPUS = {g.name: g for g in (
-    GPU("A100", 40, 312, "NVIDIA A100-SXM4-40GB"),
-    GPU("A100-80GB", 80, 312, "NVIDIA A100-SXM4-80GB"),
-    GPU("H100", 80, 989, "NVIDIA H100 SXM 80GB"),
-    GPU("H100-PCIe", 80, 756, "NVIDIA H100 PCIe 80GB"),
-    GPU("H200", 141, 989, "NVIDIA H200 141GB"),
-    GPU("L40S", 48, 362, "NVIDIA L40S 48GB"),
-    GPU("RTX5090", 32, 209.5, "NVIDIA GeForce RTX 5090"),
-    GPU("RTX4090", 24, 165.2, "NVIDIA GeForce RTX 4090"),
-)}
 
 CPU_NAME = "cpu"
 

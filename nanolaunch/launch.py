@@ -1,20 +1,19 @@
-"""One run or probe, start to finish: plan, ledger row, run folder, task, backend, live display, result."""
+"""What every backend shares for one run or probe: the request, its plan, the trainer settings it runs with,
+its ledger row, its folder and its live display."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 
-from nanolaunch import gpus, output as out
+from nanolaunch import output as out
 from nanolaunch.config import RunConfig
 from nanolaunch.events import RunState
 from nanolaunch.ledger import Ledger
-from nanolaunch.local import free_port, run_task
 from nanolaunch.planner import plan as make_plan
 from nanolaunch.presets import Preset, home
-from nanolaunch.runs import LOG_NAME, RESULT_NAME, git_commit, run_dir
-from nanolaunch.task import RunOptions, render, to_yaml
+from nanolaunch.runs import git_commit
+from nanolaunch.task import to_yaml
 
 LEDGER_UPDATE_SECONDS = 2.0
 
@@ -29,14 +28,24 @@ class Request:
     probe: int | None = None
     memory_limit_gib: float | None = None
     max_cost: float | None = None
-    checkpoint_every: int = 500  # steps; a recovered spot run loses at most this much
     wandb_project: str | None = None  # W&B logging (the key comes from WANDB_API_KEY, as a secret in the cloud)
     quiet: bool = False
 
 
+def for_run(req: Request, plan: dict, run_dir: str, data_dir: str) -> RunConfig:
+    """The one builder of what a backend hands the trainer: the request's config with this run's folder,
+    data cache, probe, memory cap, budget (at the plan's price) and W&B project. Runs always resume: a
+    restarted job continues from its newest complete checkpoint."""
+    return req.config.replace(
+        run_dir=run_dir, data_dir=data_dir, resume=req.probe is None, probe=req.probe,
+        memory_limit_gib=req.memory_limit_gib, max_cost=req.max_cost,
+        price_per_hour=(plan["usd_per_hour"] or 0.0) if req.max_cost is not None else None,
+        wandb_project=req.wandb_project)
+
+
 def data_dir(config: RunConfig) -> str:
     """Shared across runs, so probes and reruns neither re-download nor retrain the tokenizer."""
-    return str(home() / "cache" / "data" / config.data_source)
+    return str(home() / "cache" / "data" / config.train.data_source)
 
 
 def derived(config: RunConfig, preset: Preset | None, probe: bool = False) -> dict:
@@ -49,10 +58,9 @@ def derived(config: RunConfig, preset: Preset | None, probe: bool = False) -> di
 
 def open_row(ledger: Ledger, req: Request, plan: dict, backend: str, nodes: int, **fields) -> int:
     """The run's ledger row, status running, with everything known before it starts."""
-    gpu, per_node = gpus.parse_gpu_spec(req.config.gpu)
     return ledger.add(project=req.project, title=req.title or _default_title(req), kind=req.kind,
                       preset=req.preset.name if req.preset else None, config=req.config.to_dict(), plan=plan,
-                      backend=backend, gpu=gpu.name, gpu_count=per_node, nodes=nodes, status="running",
+                      backend=backend, gpu=req.config.accelerator.name, gpu_count=req.config.gpus_per_node, nodes=nodes, status="running",
                       usd_per_hour=plan["usd_per_hour"], price_source=plan["price_source"], git_commit=git_commit(),
                       **fields)
 
@@ -61,38 +69,13 @@ def write_task(folder, task: dict, config: RunConfig) -> None:
     """What ran, next to its log: the filled task (secrets never in it) and the config."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "task.yaml").write_text(to_yaml(task))
-    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-
-
-def run_local(req: Request, ledger: Ledger | None = None) -> dict:
-    """Runs on this machine; returns the finished ledger row."""
-    ledger = ledger or Ledger()
-    config = req.config
-    plan = derived(config, req.preset, probe=req.probe is not None)
-    gpu, per_node = gpus.parse_gpu_spec(config.gpu)
-    # pid: ours until the trainer starts, so a live pid keeps reconcile away
-    run_id = open_row(ledger, req, plan, "local", nodes=1, pid=os.getpid())
-    folder = run_dir(run_id)
-    opts = RunOptions(run_dir=str(folder), data_dir=data_dir(config), probe=req.probe,
-                      memory_limit_gib=req.memory_limit_gib, max_cost=req.max_cost,
-                      price_per_hour=plan["usd_per_hour"] if req.max_cost is not None else None,
-                      master_port=free_port(), wandb_project=req.wandb_project)
-    task = render(config, opts, name=f"nanolaunch-{run_id}")
-    write_task(folder, task, config)
-    ledger.update(run_id, run_dir=str(folder), log_path=str(folder / LOG_NAME), result_path=str(folder / RESULT_NAME))
-
-    display = Display(run_id, req, plan)
-    with display:
-        outcome = run_task(task, folder, gpus_per_node=per_node if gpu.name != gpus.CPU_NAME else 1,
-                           on_start=lambda pid: ledger.update(run_id, pid=pid), on_event=LiveRow(ledger, run_id, display))
-    ledger.finish(run_id, outcome.status, outcome.result)
-    return ledger.get(run_id)
+    (folder / "config.json").write_text(json.dumps(config.train.to_dict(), indent=2))
 
 
 def _default_title(req: Request) -> str:
     c = req.config
-    what = f"probe b{c.device_batch}" if req.kind == "dry" else "run"
-    return f"{req.preset.name if req.preset else f'd{c.depth}'} {what}"
+    what = f"probe b{c.train.device_batch}" if req.kind == "dry" else "run"
+    return f"{req.preset.name if req.preset else f'd{c.train.depth}'} {what}"
 
 
 class LiveRow:

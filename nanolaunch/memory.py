@@ -8,7 +8,7 @@ The first three are counts of fp32 tensors. The two moments that can hold the pe
 forward pass (saved activations, the heap they leave behind on CPU, the logits) and Muon's optimizer step
 (its per-shape-group temporaries); on CPU part of the other moment's memory is still resident (overlap).
 The per-element constants are fitted, per backend:
-- CUDA (bf16 autocast, compiled): ACTIVATION_BYTES and OVERHEAD_GIB from the seed record of DESIGN.md §3
+- CUDA (bf16 autocast, compiled): ACTIVATION_BYTES and OVERHEAD_GIB from the seed record of docs/DESIGN.md §3
   (d10 on an A100-40GB: 11.6 GiB at batch 16, 21.2 GiB at batch 32); there is no retained or step term.
 - CPU (fp32, eager, fused loss; what nanolaunch runs there): least squares against the trainer's own
   peak-RSS reports (8-step probes on synthetic data) over 37 configurations, depth 2–8, device batch

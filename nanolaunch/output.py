@@ -24,11 +24,16 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 
 
 def error(message: str) -> None:
-    console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    # The message is text, not markup: "[MODEL]" in a usage error must print as it is.
+    console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def warn(message: str) -> None:
-    console(stderr=True).print(f"[yellow]warning:[/] {message}")
+    from rich.markup import escape
+
+    console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}")
 
 
 def table(*columns: str, title: str | None = None):

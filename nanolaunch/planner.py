@@ -4,17 +4,13 @@ Pure arithmetic over RunConfig, the GPU table, the memory model and a price offe
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from nanolaunch import gpus, memory, prices
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
+from trainer import fineweb, hardware
 from trainer.arithmetic import ShapeError, grad_accum_steps, iterations_for
-
-SHARD_CHARS = 250_000_000  # characters per FineWeb-EDU shard (DESIGN.md §3)
-CHARS_PER_TOKEN_RANGE = (3.5, 5.0)  # for this data; the top is the worst case for shard counts
-HF_SHARDS = 1823
 
 # MFU assumed when nothing better is known, per GPU kind, with where the figure comes from.
 DEFAULT_MFU = {
@@ -50,8 +46,9 @@ def throughput(config: RunConfig, gpu: gpus.GPU, mfu: float | None = None, measu
         return Throughput(_flops(measured["mfu"], gpu), measured["mfu"], f"measured ({measured_from})")
     if measured.get("tokens_per_second") and measured.get("flops_per_token"):
         # A measured rate on a device without a known peak (a CPU): reuse its FLOP/s, scaled by nothing else.
-        per_device = measured["tokens_per_second"] * measured["flops_per_token"] / measured.get("devices", 1)
-        mfu_now = per_device / gpu.peak_flops if gpu.peak_flops else None
+        devices = measured.get("devices", 1)
+        per_device = measured["tokens_per_second"] * measured["flops_per_token"] / devices
+        mfu_now = hardware.mfu(measured["flops_per_token"], measured["tokens_per_second"], gpu.peak_flops, devices)
         return Throughput(per_device, mfu_now, f"measured tokens/s ({measured_from})")
     if gpu.peak_flops is None:
         return Throughput(None, None, f"unknown: no peak FLOP/s for {gpu.name} and no measured run; pass --mfu "
@@ -65,7 +62,10 @@ def _flops(mfu: float, gpu: gpus.GPU) -> float | None:
 
 
 def count_evals(iterations: int, eval_every: int) -> int:
-    """Evaluations at step 0, every eval_every steps, and at the last step (as nanochat does)."""
+    """Evaluations at step 0, every eval_every steps, and at the last step (as nanochat does); with
+    eval_every ≤ 0, only at the last step."""
+    if eval_every <= 0:
+        return 1
     return iterations // eval_every + 1 + (1 if iterations % eval_every else 0)
 
 
@@ -73,32 +73,31 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
          rank_alternatives: bool = True, probe: bool = False) -> dict:
     """`probe`: the config is a probe's, which trains on synthetic batches (no data pipeline in memory) and
     never evaluates."""
-    gpu, per_node = gpus.parse_gpu_spec(config.gpu)
+    gpu, per_node, world = config.accelerator, config.gpus_per_node, config.world_size
     shape = config.shape
-    world = per_node * config.nodes
     try:
-        grad_accum = grad_accum_steps(config.total_batch, config.device_batch, config.seq_len, world)
-        iterations = iterations_for(shape.params, config.total_batch, flops_per_token=shape.flops_per_token,
-                                    **config.horizon)
+        grad_accum = grad_accum_steps(config.train.total_batch, config.train.device_batch, config.train.seq_len, world)
+        iterations = iterations_for(shape.params, config.train.total_batch, flops_per_token=shape.flops_per_token,
+                                    **config.train.horizon)
     except ShapeError as e:
         raise PlanError(str(e)) from None
-    tokens = iterations * config.total_batch
+    tokens = iterations * config.train.total_batch
     warnings = []
-    if config.device_batch & (config.device_batch - 1):
-        warnings.append(f"device batch {config.device_batch} is not a power of two; kernels are usually slower")
+    if config.train.device_batch & (config.train.device_batch - 1):
+        warnings.append(f"device batch {config.train.device_batch} is not a power of two; kernels are usually slower")
 
-    local = gpu.name == gpus.CPU_NAME
-    mem = memory.estimate(shape, config.device_batch, gpu.memory_gib, "cpu" if local else "cuda", real_data=not probe)
+    local = config.on_cpu
+    mem = memory.estimate(shape, config.train.device_batch, gpu.memory_gib, "cpu" if local else "cuda", real_data=not probe)
     tput = throughput(config, gpu, mfu, measured, measured_from)
 
     step_s = train_s = eval_s = wall_h = None
     startup_s = (measured or {}).get("startup_seconds") if mfu is None else None
-    n_evals = 0 if probe else count_evals(iterations, config.eval_every)
+    n_evals = 0 if probe else count_evals(iterations, config.train.eval_every)
     if tput.flops_per_second:
         cluster_flops = tput.flops_per_second * world
-        step_s = config.total_batch * shape.flops_per_token / cluster_flops
+        step_s = config.train.total_batch * shape.flops_per_token / cluster_flops
         train_s = step_s * iterations
-        eval_s = n_evals * config.eval_tokens * shape.flops_per_token / 3 / cluster_flops  # forward only: 1/3
+        eval_s = n_evals * config.train.eval_tokens * shape.flops_per_token / 3 / cluster_flops  # forward only: 1/3
         wall_h = (train_s + eval_s + (startup_s or 0)) / 3600
 
     if local:
@@ -116,7 +115,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
     result = {
         **shape.as_dict(),
         "gpu": gpu.name, "gpu_description": gpu.description, "gpus_per_node": per_node, "nodes": config.nodes,
-        "world_size": world, "total_batch": config.total_batch, "device_batch": config.device_batch,
+        "world_size": world, "total_batch": config.train.total_batch, "device_batch": config.train.device_batch,
         "grad_accum": grad_accum, "iterations": iterations, "tokens": tokens,
         "tokens_per_param": tokens / shape.params, "total_flops": float(shape.flops_per_token) * tokens,
         **data,
@@ -141,21 +140,19 @@ def _cost(wall_hours: float | None, rate: float | None) -> float | None:
 
 def _data_plan(config: RunConfig, tokens: int) -> dict:
     """Train shards one epoch needs at the worst characters/token, and when given shards would repeat data."""
-    if config.data_source != "hf":
+    if config.train.data_source != "hf":
         return {"train_shards": None, "shards": None, "repeat_above_chars_per_token": None}
-    worst = CHARS_PER_TOKEN_RANGE[1]
-    train_needed = math.ceil(tokens * worst / SHARD_CHARS)
-    shards = config.shards if config.shards is not None else train_needed + 1
-    if shards > HF_SHARDS:
-        raise PlanError(f"the run needs {shards} shards, more than the {HF_SHARDS} the dataset has; "
+    shards = config.train.shards if config.train.shards is not None else fineweb.shards_needed(tokens)
+    if shards > fineweb.SHARDS_TOTAL:
+        raise PlanError(f"the run needs {shards} shards, more than the {fineweb.SHARDS_TOTAL} the dataset has; "
                         "lower the ratio or iterations")
-    return {"train_shards": train_needed, "shards": shards,
-            "repeat_above_chars_per_token": (shards - 1) * SHARD_CHARS / tokens}
+    return {"train_shards": fineweb.train_shards_needed(tokens), "shards": shards,
+            "repeat_above_chars_per_token": fineweb.repeat_above_chars_per_token(shards, tokens)}
 
 
 def rank_gpus(config: RunConfig, *, mfu: float | None = None, top: int = 5) -> list[dict]:
     """The same run on each priced GPU kind, same GPUs per node and nodes, cheapest first."""
-    _, per_node = gpus.parse_gpu_spec(config.gpu)
+    per_node = config.gpus_per_node
     rows = []
     for name in gpus.GPUS:
         try:
@@ -175,9 +172,9 @@ def measured_from_preset(preset, config: RunConfig) -> tuple[dict | None, str]:
     """A preset's measured results, usable when the plan runs on the same GPU kind the preset measured."""
     if preset is None or not preset.results:
         return None, ""
-    if preset.config.gpu.split(":")[0].upper() != config.gpu.split(":")[0].upper():
+    if preset.config.accelerator.name != config.accelerator.name:
         return None, ""
-    devices = gpus.parse_gpu_spec(preset.config.gpu)[1] * preset.config.nodes
+    devices = preset.config.world_size
     measured = {"mfu": preset.results.get("mfu"), "tokens_per_second": preset.results.get("tokens_per_second"),
                 "flops_per_token": preset.config.shape.flops_per_token, "devices": devices}
     return measured, f"preset {preset.name}: {preset.provenance.get('source', 'no source given')}"

@@ -1,5 +1,7 @@
 """Fill the SkyPilot task template (sky/train.yaml) for one run: resources, the bucket and the NL_* envs.
 
+The trainer reads its settings from those NL_* variables (trainer/settings.py), so the run command names none.
+
 The template is plain SkyPilot YAML; this module only sets values, so what `sky launch` runs, what
 `nanolaunch yaml` prints and what the local backend executes are the same setup and run commands.
 """
@@ -9,14 +11,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanolaunch import gpus
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
+from trainer import settings
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "sky" / "train.yaml"
 STORE = "/nl-store"  # where the bucket is mounted on every node
 BUCKET_ENV = "NANOLAUNCH_BUCKET"
+MASTER_PORT_ENV = "NL_MASTER_PORT"  # torchrun's rendezvous port: the one NL_* variable that is not a setting
 AUTOSTOP_IDLE_MINUTES = 10
 # A preempted spot job comes back in the next region with capacity; a crash of our own code is not retried.
 JOB_RECOVERY = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 0}
@@ -24,16 +27,8 @@ JOB_RECOVERY = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 0}
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Per-run settings that are not part of the model config."""
-    run_dir: str
-    data_dir: str
-    probe: int | None = None
-    memory_limit_gib: float | None = None
-    max_cost: float | None = None
-    price_per_hour: float | None = None
-    checkpoint_every: int = 500
+    """Where and how the task runs, beyond the trainer's settings (those travel in RunConfig.train)."""
     master_port: int = 29500
-    wandb_project: str | None = None
     bucket: str | None = None  # cloud runs: the bucket mounted at STORE; None runs locally, without mounts
     managed: bool = False  # a managed job (spot runs): SkyPilot recovers it after preemption
     disk_size: int = 256
@@ -63,25 +58,8 @@ def load_template() -> dict:
 
 
 def envs(config: RunConfig, opts: RunOptions) -> dict[str, str]:
-    """Every trainer setting as a string env var (SkyPilot envs are strings); '' means 'not set'."""
-    def s(v) -> str:
-        return "" if v is None else str(v)
-
-    compile_flag = {None: "auto", True: "1", False: "0"}[config.compile]
-    horizon = config.horizon
-    return {
-        "NL_DEPTH": s(config.depth), "NL_VOCAB_SIZE": s(config.vocab_size), "NL_SEQ_LEN": s(config.seq_len),
-        "NL_HEAD_DIM": s(config.head_dim), "NL_DEVICE_BATCH": s(config.device_batch),
-        "NL_TOTAL_BATCH": s(config.total_batch), "NL_RATIO": s(horizon.get("ratio")),
-        "NL_ITERATIONS": s(horizon.get("iterations")), "NL_TARGET_FLOPS": s(horizon.get("target_flops")),
-        "NL_EVAL_EVERY": s(config.eval_every), "NL_EVAL_TOKENS": s(config.eval_tokens),
-        "NL_DATA_SOURCE": config.data_source, "NL_SHARDS": s(config.shards), "NL_DTYPE": config.dtype,
-        "NL_COMPILE": compile_flag, "NL_SEED": s(config.seed), "NL_PROBE": s(opts.probe),
-        "NL_MEMORY_LIMIT_GIB": s(opts.memory_limit_gib), "NL_MAX_COST": s(opts.max_cost),
-        "NL_PRICE_PER_HOUR": s(opts.price_per_hour), "NL_CHECKPOINT_EVERY": s(opts.checkpoint_every),
-        "NL_DATA_DIR": opts.data_dir, "NL_RUN_DIR": opts.run_dir, "NL_MASTER_PORT": s(opts.master_port),
-        "WANDB_PROJECT": s(opts.wandb_project),
-    }
+    """Every trainer setting that has a value as its NL_* variable (SkyPilot envs are strings), and the port."""
+    return {**settings.to_env(config.train), MASTER_PORT_ENV: str(opts.master_port)}
 
 
 def gpu_resources(gpu: str, count: int, spot: bool) -> dict:
@@ -100,11 +78,11 @@ def gpu_resources(gpu: str, count: int, spot: bool) -> dict:
 def render(config: RunConfig, opts: RunOptions, name: str = "nanolaunch") -> dict:
     """The filled task. With a bucket it is a cloud task; without, the local backend's (no mounts)."""
     task = load_template()
-    gpu, per_node = gpus.parse_gpu_spec(config.gpu)
     task["name"] = name
     task["workdir"] = str(REPO)
     task["num_nodes"] = config.nodes
-    resources = {"cpus": "2+"} if gpu.name == gpus.CPU_NAME else gpu_resources(gpu.name, per_node, config.spot)
+    resources = ({"cpus": "2+"} if config.on_cpu
+                 else gpu_resources(config.accelerator.name, config.gpus_per_node, config.spot))
     resources["disk_size"] = opts.disk_size
     if config.spot:
         resources["use_spot"] = True
@@ -117,9 +95,8 @@ def render(config: RunConfig, opts: RunOptions, name: str = "nanolaunch") -> dic
         task["file_mounts"] = {STORE: {"name": opts.bucket, "mode": "MOUNT_CACHED"}}
     else:
         del task["file_mounts"], task["secrets"]
-    unknown = set(envs(config, opts)) - set(task["envs"])
-    assert not unknown, f"sky/train.yaml lacks envs {unknown}"  # the template and this module move together
-    task["envs"] = {**task["envs"], **envs(config, opts)}
+    filled = envs(config, opts)  # in the settings' order; the template's defaults only where nothing is set
+    task["envs"] = {**filled, **{k: v for k, v in task["envs"].items() if k not in filled}}
     return task
 
 

@@ -1,5 +1,7 @@
 """Shared, session-scoped fixtures: a tiny real corpus (stdlib text) and a tokenizer trained on it."""
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,4 +44,21 @@ def data_args(corpus, tokenizer, tmp_path_factory):
     """Trainer flags that point at the shared corpus and its saved tokenizer."""
     tok_dir = tmp_path_factory.mktemp("tok")
     tokenizer.save(tok_dir)
-    return ["--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir]
+    return ["--data-source", "local", "--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir]
+
+
+def nl(home, *args) -> subprocess.CompletedProcess:
+    """`nanolaunch ARGS` as a user runs it, with NANOLAUNCH_HOME=home; waits for it to end, however long."""
+    return subprocess.run([sys.executable, "-m", "nanolaunch.cli", *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "NANOLAUNCH_HOME": str(home)})
+
+
+@pytest.fixture
+def wandb_stub(tmp_path, monkeypatch) -> Path:
+    """The W&B client replaced by tests/stubs/wandb.py for every process started from the test; returns the
+    file its logging goes to."""
+    stubs = Path(__file__).parent / "stubs"
+    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("WANDB_STUB_LOG", str(tmp_path / "wandb.jsonl"))
+    monkeypatch.setenv("WANDB_API_KEY", os.environ.get("WANDB_API_KEY") or "test-key")
+    return tmp_path / "wandb.jsonl"

@@ -1,4 +1,4 @@
-"""A stand-in for the SkyPilot SDK at nanolaunch's boundary (nanolaunch/cloud.py).
+"""A stand-in for the SkyPilot SDK at nanolaunch's boundary (nanolaunch/backends/skypilot.py).
 
 It records every call, and runs each submitted task for real on this machine, the way one SkyPilot
 node would: the task's setup, then its run, with the single-node SKYPILOT_* variables, the task's envs
@@ -15,7 +15,7 @@ import subprocess
 from types import SimpleNamespace
 
 from nanolaunch.events import parse_line
-from nanolaunch.local import environment
+from nanolaunch.backends.local import environment
 from nanolaunch.task import REPO, STORE
 
 

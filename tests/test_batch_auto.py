@@ -1,13 +1,11 @@
 """`dry --batch auto` on cpu_demo: the same choice as an exhaustive sweep, with fewer probes, all in the ledger."""
 import json
-import os
-import subprocess
-import sys
+
+from conftest import nl as run_nl
 
 
 def nl(home, *args):
-    out = subprocess.run([sys.executable, "-m", "nanolaunch.cli", *args], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "NANOLAUNCH_HOME": str(home)})
+    out = run_nl(home, *args)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 

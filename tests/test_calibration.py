@@ -37,10 +37,10 @@ def test_no_ledger_means_the_default_and_planning_creates_none(tmp_path, monkeyp
 
 
 def test_nearest_probe_of_the_same_gpu_kind_sets_the_mfu(db):
-    record(db, RunConfig(depth=4, gpu="H100:1", device_batch=16, iterations=20), mfu=0.31, tokens_per_second=1e6)
-    far = record(db, RunConfig(depth=20, gpu="H100:1", iterations=20), mfu=0.52, tokens_per_second=1e5)
-    record(db, RunConfig(depth=6, gpu="A100:1", iterations=20), mfu=0.60, tokens_per_second=5e5)  # another kind
-    record(db, RunConfig(depth=6, gpu="H100:1", iterations=20), status="oom")  # not a measurement
+    record(db, RunConfig.build(depth=4, gpu="H100:1", device_batch=16, iterations=20), mfu=0.31, tokens_per_second=1e6)
+    far = record(db, RunConfig.build(depth=20, gpu="H100:1", iterations=20), mfu=0.52, tokens_per_second=1e5)
+    record(db, RunConfig.build(depth=6, gpu="A100:1", iterations=20), mfu=0.60, tokens_per_second=5e5)  # another kind
+    record(db, RunConfig.build(depth=6, gpu="H100:1", iterations=20), status="oom")  # not a measurement
     p = plan("d6", "--gpu", "H100:1")
     assert p["mfu"] == 0.31 and p["mfu_source"].startswith("measured (ledger #1: dry d4 batch 16")
     p = plan("d18", "--gpu", "H100:1")
@@ -49,7 +49,7 @@ def test_nearest_probe_of_the_same_gpu_kind_sets_the_mfu(db):
 
 
 def test_on_a_cpu_the_probe_flops_carry_over_and_its_startup_counts(db):
-    probe = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+    probe = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
                       total_batch=4096, iterations=20, data_source="stdlib")
     record(db, probe, tokens_per_second=10_000.0, step_ms=409.6, wall_seconds=20.0)
     p = plan("--preset", "cpu_demo", "--depth", "4")
@@ -60,7 +60,7 @@ def test_on_a_cpu_the_probe_flops_carry_over_and_its_startup_counts(db):
 
 
 def test_plan_shows_how_far_past_predictions_were(db):
-    config = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+    config = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
                        total_batch=4096, iterations=300, data_source="stdlib")
     predicted = {"wall_hours": 110 / 3600, "cost_usd": 0.11, "peak_memory_gib": 0.55}
     record(db, config, kind="run", plan=predicted, preset="cpu_demo", wall_seconds=100.0, peak_memory_gib=0.5,
@@ -75,7 +75,7 @@ def test_plan_shows_how_far_past_predictions_were(db):
 
 def test_repeated_measurements_of_one_config_pool_into_their_median(db):
     """One probe can land in a slow spell of a shared machine; the median of the config's rows cannot."""
-    probe = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+    probe = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
                       total_batch=4096, iterations=20, data_source="stdlib")
     for tps, wall in ((10_000.0, 20.0), (14_000.0, 30.0), (11_000.0, 22.0)):
         record(db, probe, tokens_per_second=tps, step_ms=4096 / tps * 1000, wall_seconds=wall)
@@ -91,7 +91,7 @@ def test_repeated_measurements_of_one_config_pool_into_their_median(db):
 def test_a_run_predicts_from_its_mean_step_and_gives_its_start_up(db):
     """Wall time adds up the mean step, not the median: slow spells stay in the steps, and a run alone gives
     the next plan its start-up (wall − steps × mean step − evaluations)."""
-    config = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+    config = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
                        total_batch=4096, iterations=300, data_source="stdlib")
     record(db, config, kind="run", preset="cpu_demo", tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=100.0,
            steps=300, step_ms_mean=272.0, eval_seconds=9.0)
@@ -103,8 +103,8 @@ def test_a_run_predicts_from_its_mean_step_and_gives_its_start_up(db):
 
 def test_precision_and_compilation_weigh_more_than_size(db):
     """FLOPs scale a measurement across depths; nothing scales it across eager and compiled."""
-    eager = record(db, RunConfig(depth=6, gpu="H100:1", iterations=20, compile=False), mfu=0.20, tokens_per_second=1e5)
-    compiled = record(db, RunConfig(depth=4, gpu="H100:1", iterations=20, compile=True), mfu=0.40,
+    eager = record(db, RunConfig.build(depth=6, gpu="H100:1", iterations=20, compile=False), mfu=0.20, tokens_per_second=1e5)
+    compiled = record(db, RunConfig.build(depth=4, gpu="H100:1", iterations=20, compile=True), mfu=0.40,
                       tokens_per_second=2e5)
     assert f"#{compiled}" in plan("d6", "--gpu", "H100:1")["mfu_source"]  # a plan compiles on CUDA by default
     assert f"#{eager}" not in plan("d6", "--gpu", "H100:1")["mfu_source"]
@@ -114,7 +114,7 @@ def test_a_probe_is_predicted_without_evaluations():
     """A probe never evaluates, so its own prediction is its steps plus start-up (this was 27–42% high)."""
     from nanolaunch.planner import plan as make_plan
 
-    config = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+    config = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
                        total_batch=4096, iterations=20, eval_every=5, data_source="stdlib")
     measured = {"tokens_per_second": 10_000.0, "flops_per_token": config.shape.flops_per_token, "startup_seconds": 3.0}
     probe, run = make_plan(config, measured=measured, probe=True), make_plan(config, measured=measured)
@@ -126,7 +126,7 @@ def test_start_up_comes_from_rows_of_the_kind_planned(db):
     """A run prepares real data and checkpoints; a probe does neither: each predicts its own kind's start-up."""
     from nanolaunch.calibration import ledger_rows, measured_for
 
-    config = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+    config = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
                        total_batch=4096, iterations=300, data_source="stdlib")
     record(db, config, kind="run", tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=100.0, steps=300,
            step_ms_mean=256.0, eval_seconds=9.0)
@@ -148,7 +148,7 @@ def test_a_resumed_run_gives_no_start_up():
 
 def test_a_probe_predicts_with_its_median_step_a_run_with_its_mean(db):
     """One slow step moves a 20-step mean; over hundreds of steps the mean is what wall time adds up."""
-    probe = RunConfig(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
+    probe = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
                       total_batch=4096, iterations=20, data_source="stdlib")
     record(db, probe, tokens_per_second=16_000.0, step_ms=256.0, step_ms_mean=290.0, wall_seconds=9.0,
            eval_seconds=0.0)
@@ -157,6 +157,6 @@ def test_a_probe_predicts_with_its_median_step_a_run_with_its_mean(db):
 
 
 def test_a_row_this_version_cannot_read_is_skipped_not_fatal(db):
-    record(db, RunConfig(depth=6, gpu="H100:1", iterations=20), mfu=0.30, tokens_per_second=1e5)
+    record(db, RunConfig.build(depth=6, gpu="H100:1", iterations=20), mfu=0.30, tokens_per_second=1e5)
     db.db.execute("UPDATE runs SET config = ? WHERE id = 1", ('{"depth": 6, "renamed_field": 1}',))
     assert plan("d6", "--gpu", "H100:1")["mfu_source"].startswith("seed record")

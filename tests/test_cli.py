@@ -22,20 +22,20 @@ sys.exit(code)
 """.format(heavy=HEAVY)
 
 
-def nl(*args, env=None):
+def run_and_list_imports(*args, env=None):
     return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("args", [["--help"], ["plan", "d12"], ["preset", "list"], ["plan", "--preset", "cpu_demo"]])
 def test_light_commands_import_nothing_heavy(args):
-    r = nl(*args)
+    r = run_and_list_imports(*args)
     assert r.returncode == 0, r.stderr
     assert "HEAVY=\n" in r.stderr or r.stderr.rstrip().endswith("HEAVY=")
 
 
 def test_plan_json_keys_and_reference_values():
-    r = nl("plan", "d10", "--ratio", "20", "--json")
+    r = run_and_list_imports("plan", "d10", "--ratio", "20", "--json")
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)
     assert (p["params"], p["flops_per_token"], p["iterations"], p["tokens"]) == (133038080, 703856640, 5075, 2660761600)
@@ -46,7 +46,7 @@ def test_plan_json_keys_and_reference_values():
 
 
 def test_bad_batch_is_one_line_with_the_arithmetic():
-    r = nl("plan", "--preset", "a100_d10", "--batch", "48")
+    r = run_and_list_imports("plan", "--preset", "a100_d10", "--batch", "48")
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if not l.startswith("HEAVY=")]
     assert len(lines) == 1 and "5.33" in lines[0], r.stderr
@@ -54,12 +54,12 @@ def test_bad_batch_is_one_line_with_the_arithmetic():
 
 @pytest.mark.parametrize("batch, fits", [("64", False), ("32", True)])
 def test_a100_fit_prediction(batch, fits):
-    p = json.loads(nl("plan", "--preset", "a100_d10", "--batch", batch, "--json").stdout)
+    p = json.loads(run_and_list_imports("plan", "--preset", "a100_d10", "--batch", batch, "--json").stdout)
     assert p["fits"] is fits and p["gpu_memory_gib"] == 40
 
 
 def test_plan_text_prints_every_derived_number():
-    r = nl("plan", "d34", "--ratio", "40", "--gpu", "H100:8", "--batch", "4")
+    r = run_and_list_imports("plan", "d34", "--ratio", "40", "--gpu", "H100:8", "--batch", "4")
     assert r.returncode == 0, r.stderr
     for word in ("parameters", "FLOPs/token", "iterations", "total FLOPs", "accum", "shards", "peak memory",
                  "MFU", "step time", "wall time", "price", "cost", "GPU choices"):
@@ -67,19 +67,19 @@ def test_plan_text_prints_every_derived_number():
 
 
 def test_unknown_gpu_and_preset_are_one_line_errors_with_suggestions():
-    r = nl("plan", "d12", "--gpu", "H10:8")
+    r = run_and_list_imports("plan", "d12", "--gpu", "H10:8")
     assert r.returncode == 2 and "H100" in r.stderr
-    r = nl("preset", "show", "cpu_dem")
+    r = run_and_list_imports("preset", "show", "cpu_dem")
     assert r.returncode == 2 and "cpu_demo" in r.stderr
 
 
 def test_preset_show_json_roundtrips_config():
-    p = json.loads(nl("preset", "show", "h100x8_d34", "--json").stdout)
+    p = json.loads(run_and_list_imports("preset", "show", "h100x8_d34", "--json").stdout)
     assert p["config"]["depth"] == 34 and p["config"]["ratio"] == 40 and p["config"]["gpu"] == "H100:8"
 
 
 def test_prices_lists_a100_and_h100_with_a_source():
-    rows = json.loads(nl("prices", "--json").stdout)
+    rows = json.loads(run_and_list_imports("prices", "--json").stdout)
     priced = {r["gpu"] for r in rows if r["usd_per_hour"]}
     assert {"A100", "H100"} <= priced
     assert all(r["source"] for r in rows if r["usd_per_hour"])
@@ -90,3 +90,15 @@ def test_durations_read_in_one_unit_per_scale():
 
     assert [out.seconds(x) for x in (0.2349, 9.04, 12.0, 88.5, None)] == ["235 ms", "9.0 s", "12.0 s", "1.5 min",
                                                                           "unknown"]
+
+
+def test_ledger_add_records_the_gpu_as_parsed_and_refuses_an_unknown_one(tmp_path):
+    from conftest import nl
+
+    bad = nl(tmp_path, "ledger", "add", "d6", "--gpu", "FOO:8", "--wall-minutes", "3")
+    assert bad.returncode == 2 and "unknown GPU 'FOO'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    added = nl(tmp_path, "ledger", "add", "d6", "--gpu", "h100:8", "--wall-minutes", "3", "--json")
+    assert added.returncode == 0, added.stderr
+    row = json.loads(added.stdout)
+    assert (row["gpu"], row["gpu_count"]) == ("H100", 8)  # was recorded as "h100"
+    assert json.loads(nl(tmp_path, "ledger", "--json").stdout)[0]["gpu"] == "H100"

@@ -4,14 +4,12 @@ Launch, stream, result, ledger, teardown; a probe sweep on one cluster; spot pre
 resume; the budget stop; Ctrl-C then teardown; SkyPilot's errors as one line; status, down and logs.
 """
 import dataclasses
-import os
 import subprocess
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from nanolaunch import cloud, remote
+from nanolaunch.backends import skypilot
 from nanolaunch.cli import app
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
@@ -36,14 +34,13 @@ def env(tmp_path, sky_home, monkeypatch):
 
 def install(monkeypatch, tmp_path, **behaviour) -> FakeSky:
     fake = FakeSky(tmp_path / "bucket", **behaviour)
-    monkeypatch.setattr(cloud, "sdk", lambda: fake)
+    monkeypatch.setattr(skypilot, "sdk", lambda: fake)
     return fake
 
 
 def request(kind="run", probe=None, max_cost=None, **changes) -> Request:
-    config = RunConfig(**{**TINY, "iterations": 12, **changes})
-    return Request(kind, config, title=f"test {kind}", project="cloud", probe=probe, max_cost=max_cost,
-                   checkpoint_every=5, quiet=True)
+    config = RunConfig.build(**{**TINY, "iterations": 12, "checkpoint_every": 5, **changes})
+    return Request(kind, config, title=f"test {kind}", project="cloud", probe=probe, max_cost=max_cost, quiet=True)
 
 
 def names(fake):
@@ -52,7 +49,7 @@ def names(fake):
 
 def test_run_launches_follows_records_and_tears_down(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path)
-    row = remote.run(request())
+    row = skypilot.run(request())
     assert row["status"] == "ok" and row["steps"] == 12 and row["val_bpb"] > 0
     assert row["backend"] == "sky" and row["cluster"] == f"nl-{row['id']}" and row["sky_job_id"] == 1
     assert names(fake) == ["launch", "tail_logs", "down"]
@@ -69,34 +66,42 @@ def test_run_launches_follows_records_and_tears_down(env, tmp_path, monkeypatch)
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_wandb_logs_with_the_secret_and_its_url_reaches_the_ledger(env, tmp_path, monkeypatch):
+def test_wandb_logs_with_the_secret_and_its_url_reaches_the_ledger(env, tmp_path, monkeypatch, wandb_stub):
     fake = install(monkeypatch, tmp_path)
-    stubs = Path(__file__).parent / "stubs"
-    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("WANDB_STUB_LOG", str(tmp_path / "wandb.jsonl"))
-    row = remote.run(dataclasses.replace(request(iterations=6), wandb_project="nl-proj"))
+    row = skypilot.run(dataclasses.replace(request(iterations=6), wandb_project="nl-proj"))
     assert row["status"] == "ok" and row["wandb_url"] == "https://wandb.ai/nanolaunch-test/nl-proj/runs/stub"
     assert fake.secrets_seen == [{"WANDB_API_KEY": SECRET}]
-    assert '"val_bpb"' in (tmp_path / "wandb.jsonl").read_text()
+    assert '"val_bpb"' in wandb_stub.read_text()
 
 
 def test_probe_sweep_reuses_one_cluster(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path)
     reqs = [request("dry", probe=3, device_batch=b) for b in (1, 2, 4)]
-    rows = remote.sweep(reqs)
+    rows = skypilot.sweep(reqs)
     assert [r["status"] for r in rows] == ["ok"] * 3 and [r["steps"] for r in rows] == [3, 3, 3]
     assert names(fake) == ["launch", "tail_logs", "exec", "tail_logs", "exec", "tail_logs", "down"]
     assert len({r["cluster"] for r in rows}) == 1
     # the bucket's data cache is shared by every probe; each has its own run folder
-    tasks = [(remote.run_dir(r["id"]) / "task.yaml").read_text() for r in rows]
+    tasks = [(skypilot.run_dir(r["id"]) / "task.yaml").read_text() for r in rows]
     assert all("NL_DATA_DIR: /nl-store/data/synthetic" in t for t in tasks)
     assert len({r["run_dir"] for r in rows}) == 3
+
+
+def test_cloud_probes_keep_their_memory_cap(env, tmp_path, monkeypatch):
+    """`dry --memory-limit-gib` on SkyPilot used to lose the cap on the way to the trainer."""
+    install(monkeypatch, tmp_path)
+    req = dataclasses.replace(request("dry", probe=2), memory_limit_gib=6.5)
+    row = skypilot.sweep([req])[0]
+    assert row["status"] == "ok"
+    log = (skypilot.run_dir(row["id"]) / "train.log").read_text()
+    start = [line for line in log.splitlines() if '"event": "start"' in line][0]
+    assert '"memory_limit_gib": 6.5' in start and "address space capped at 6.5 GiB" in log
 
 
 def test_a_sweep_that_stops_early_still_tears_down(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path)
     reqs = [request("dry", probe=2, device_batch=b) for b in (4, 2, 1)]
-    rows = remote.sweep(reqs, stop=lambda done: len(done) == 2 and done[-1]["status"] == "ok")
+    rows = skypilot.sweep(reqs, stop=lambda done: len(done) == 2 and done[-1]["status"] == "ok")
     assert [r["device_batch"] for r in map(lambda r: r["config"], rows)] == [4, 2]
     assert names(fake) == ["launch", "tail_logs", "exec", "tail_logs", "down"]
     assert [r["status"] for r in rows] == ["ok", "ok"]
@@ -104,7 +109,7 @@ def test_a_sweep_that_stops_early_still_tears_down(env, tmp_path, monkeypatch):
 
 def test_spot_run_is_preempted_recovers_and_resumes(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path, preempt_at_checkpoints=1)
-    row = remote.run(request(spot=True, iterations=10))
+    row = skypilot.run(request(spot=True, iterations=10))
     assert names(fake)[:2] == ["jobs.launch", "jobs.tail_logs"] and "down" not in names(fake)
     assert row["managed"] == 1 and row["status"] == "ok" and row["steps"] == 10
     assert row["recoveries"] == 1
@@ -123,7 +128,7 @@ def test_spot_run_is_preempted_recovers_and_resumes(env, tmp_path, monkeypatch):
 def test_trainer_stops_itself_at_the_budget(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path)
     # Predicted at well under a cent on an H100, but the fake node is this CPU: the trainer hits the cap.
-    row = remote.run(request(iterations=100_000, max_cost=0.002))
+    row = skypilot.run(request(iterations=100_000, max_cost=0.002))
     assert row["status"] == "over_budget", row["error"]
     assert 0 < row["steps"] < 100_000 and names(fake)[-1] == "down"
     task = fake.secrets_seen and (env / "runs" / f"{row['id']:05d}" / "task.yaml").read_text()
@@ -133,7 +138,7 @@ def test_trainer_stops_itself_at_the_budget(env, tmp_path, monkeypatch):
 def test_ctrl_c_tears_the_cluster_down(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path, interrupt_after_steps=3)
     with pytest.raises(KeyboardInterrupt):
-        remote.run(request(iterations=1000))
+        skypilot.run(request(iterations=1000))
     assert names(fake)[-1] == "down" and fake.clusters == {}
     row = Ledger().rows("cloud")[-1]
     assert row["status"] == "cancelled" and row["steps"] >= 3 and row["cost_usd"] is not None
@@ -143,7 +148,7 @@ def test_ctrl_c_while_provisioning_aborts_the_launch_request_then_tears_down(env
     """Without the abort, the API server goes on provisioning after we gave up, and the teardown waits."""
     fake = install(monkeypatch, tmp_path, launch_error=KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
-        remote.run(request())
+        skypilot.run(request())
     assert names(fake) == ["launch", "api_cancel", "down"] and fake.calls[1][1] == "request-1"  # the launch's
     assert Ledger().rows("cloud")[-1]["status"] == "cancelled"
 
@@ -151,7 +156,7 @@ def test_ctrl_c_while_provisioning_aborts_the_launch_request_then_tears_down(env
 def test_ctrl_c_cancels_a_managed_job(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path, interrupt_after_steps=2)
     with pytest.raises(KeyboardInterrupt):
-        remote.run(request(spot=True, iterations=1000))
+        skypilot.run(request(spot=True, iterations=1000))
     assert fake.calls[-1][0] == "jobs.cancel" and fake.calls[-1][1] == (100,)
     assert Ledger().rows("cloud")[-1]["status"] == "cancelled"
 
@@ -169,7 +174,7 @@ def test_skypilot_errors_become_one_line(env, tmp_path, monkeypatch, sky_home, e
     message = "Failed to provision: Found no quota for H100 in us-east-1" if flavour else f"{name} happened\nmore"
     fake = install(monkeypatch, tmp_path, launch_error=getattr(sky.exceptions, name)(message))
     with pytest.raises(NanolaunchError) as caught:
-        remote.run(request())
+        skypilot.run(request())
     assert words in str(caught.value) and "\n" not in str(caught.value)
     row = Ledger().rows("cloud")[-1]
     assert row["status"] == "crashed" and words in row["error"]
@@ -178,9 +183,9 @@ def test_skypilot_errors_become_one_line(env, tmp_path, monkeypatch, sky_home, e
 
 def test_a_task_skypilot_rejects_closes_its_row(env, tmp_path, monkeypatch):
     install(monkeypatch, tmp_path)
-    monkeypatch.setattr(remote, "render", lambda *a, **k: {"name": "nl-x", "resources": {"acelerators": "H100:1"}})
+    monkeypatch.setattr(skypilot, "render", lambda *a, **k: {"name": "nl-x", "resources": {"acelerators": "H100:1"}})
     with pytest.raises(NanolaunchError, match="SkyPilot rejects the task"):
-        remote.run(request())
+        skypilot.run(request())
     row = Ledger().rows("cloud")[-1]
     assert row["status"] == "crashed" and "acelerators" in row["error"]
 
@@ -189,10 +194,10 @@ def test_status_logs_and_down(env, tmp_path, monkeypatch):
     import yaml
 
     fake = install(monkeypatch, tmp_path)
-    row = remote.run(request(iterations=6))
+    row = skypilot.run(request(iterations=6))
     # Its cluster still up, as when a launcher dies before teardown: the same task on the same cluster.
-    task = yaml.safe_load((remote.run_dir(row["id"]) / "task.yaml").read_text())
-    job_id = cloud.launch(cloud.to_task(task), row["cluster"])
+    task = yaml.safe_load((skypilot.run_dir(row["id"]) / "task.yaml").read_text())
+    job_id = skypilot.launch(skypilot.to_task(task), row["cluster"])
     runner = CliRunner()
     shown = runner.invoke(app, ["status", "--json"])
     assert shown.exit_code == 0, shown.output

@@ -53,7 +53,7 @@ def test_two_ranks_match_one_rank(tmp_path):
 def test_two_ranks_on_real_data_resume(corpus, tokenizer, tmp_path):
     tok_dir = tmp_path / "tok"
     tokenizer.save(tok_dir)
-    args = [*COMMON, "--vocab-size", 1024, "--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir,
+    args = [*COMMON, "--vocab-size", 1024, "--data-source", "local", "--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir,
             "--eval-every", 4, "--eval-tokens", 2048, "--checkpoint-every", 4, "--run-dir", tmp_path / "run"]
     rc, first, err = launch(2, *args, "--iterations", 4)
     assert rc == 0, err

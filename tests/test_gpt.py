@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from trainer.arithmetic import ModelShape
-from trainer.common import SyntheticLoader, is_oom, peak_flops
+from trainer.common import SyntheticLoader, is_oom
+from trainer.hardware import peak_flops
 from trainer.gpt import GPT, SOFTCAP
 from trainer.optim import (Muon, build_optimizers, dmodel_lr_scale, lr_multiplier, muon_momentum,
                            newton_schulz)
@@ -128,17 +129,17 @@ def test_lr_schedule_and_muon_momentum():
     assert muon_momentum(300) == muon_momentum(10_000) == pytest.approx(0.95)
 
 
-def test_peak_flops_table_and_unknowns():
-    assert peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
-    assert peak_flops("NVIDIA A100 80GB PCIe") == 312e12
-    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert peak_flops("NVIDIA H200") == 989e12
-    assert peak_flops("NVIDIA L40S") == 362e12
-    assert peak_flops("NVIDIA GeForce RTX 5090") == 209.5e12
-    assert peak_flops("NVIDIA GeForce RTX 4090") == 165.2e12
-    assert peak_flops("NVIDIA H100 NVL") is None
-    assert peak_flops("Tesla T4") is None and peak_flops("x86_64") is None
+@pytest.mark.parametrize("device_name, kind", [
+    ("NVIDIA A100-SXM4-40GB", "A100"), ("NVIDIA A100-SXM4-80GB", "A100-80GB"), ("NVIDIA A100 80GB PCIe", "A100-80GB"),
+    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100-PCIe"), ("NVIDIA H200", "H200"),
+    ("NVIDIA L40S", "L40S"), ("NVIDIA GeForce RTX 5090", "RTX5090"), ("NVIDIA GeForce RTX 4090", "RTX4090"),
+    ("NVIDIA H100 NVL", None), ("Tesla T4", None), ("x86_64", None)])
+def test_the_trainer_finds_its_gpu_in_the_planners_table(device_name, kind):
+    """What torch calls a device maps to the one table the planner prices and plans with; others: unknown."""
+    from trainer.hardware import GPUS, gpu_for_device_name
+    found = gpu_for_device_name(device_name)
+    assert (found.name if found else None) == kind
+    assert peak_flops(device_name) == (GPUS[kind].peak_flops if kind else None)
 
 
 def test_oom_detection():

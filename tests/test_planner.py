@@ -1,4 +1,4 @@
-"""The planner's numbers against DESIGN.md §3 and the seed record."""
+"""The planner's numbers against docs/DESIGN.md §3 and the seed record."""
 import math
 
 import pytest
@@ -10,7 +10,7 @@ from trainer.arithmetic import ModelShape
 
 
 def test_d10_reference_figures():
-    p = planner.plan(RunConfig(depth=10, ratio=20, gpu="A100:1"))
+    p = planner.plan(RunConfig.build(depth=10, ratio=20, gpu="A100:1"))
     assert p["params"] == 133_038_080
     assert p["flops_per_token"] == 703_856_640
     assert p["iterations"] == 5075
@@ -65,26 +65,26 @@ def test_d34_long_run_matches_its_record():
 
 
 def test_multi_node_world_size_and_price_scale():
-    one = planner.plan(RunConfig(depth=20, gpu="H100:8", device_batch=16))
-    two = planner.plan(RunConfig(depth=20, gpu="H100:8", device_batch=16, nodes=2))
+    one = planner.plan(RunConfig.build(depth=20, gpu="H100:8", device_batch=16))
+    two = planner.plan(RunConfig.build(depth=20, gpu="H100:8", device_batch=16, nodes=2))
     assert two["world_size"] == 16 and two["grad_accum"] == one["grad_accum"] / 2
     assert two["usd_per_hour"] == pytest.approx(2 * one["usd_per_hour"])
     assert two["wall_hours"] == pytest.approx(one["wall_hours"] / 2)
 
 
 def test_unknown_peak_means_unknown_mfu_never_a_guess():
-    p = planner.plan(RunConfig(depth=2, gpu="cpu", device_batch=1, seq_len=64, total_batch=64, iterations=5))
+    p = planner.plan(RunConfig.build(depth=2, gpu="cpu", device_batch=1, seq_len=64, total_batch=64, iterations=5))
     assert p["mfu"] is None and p["step_seconds"] is None and p["wall_hours"] is None
     assert "unknown" in p["mfu_source"]
 
 
 def test_explicit_mfu_is_used_and_named():
-    p = planner.plan(RunConfig(depth=12, gpu="L40S:1", device_batch=8), mfu=0.3)
+    p = planner.plan(RunConfig.build(depth=12, gpu="L40S:1", device_batch=8), mfu=0.3)
     assert p["mfu"] == 0.3 and p["mfu_source"] == "given with --mfu"
 
 
 def test_ranking_is_sorted_fitting_first_then_by_cost():
-    ranking = planner.plan(RunConfig(depth=20, gpu="H100:8", device_batch=16))["ranking"]
+    ranking = planner.plan(RunConfig.build(depth=20, gpu="H100:8", device_batch=16))["ranking"]
     assert ranking
     keys = [(not r["fits"], r["cost_usd"]) for r in ranking]
     assert keys == sorted(keys)
@@ -95,4 +95,27 @@ def test_ranking_is_sorted_fitting_first_then_by_cost():
                                  {"depth": 4, "shards": 1}, {"depth": True}])
 def test_bad_configs_are_refused_at_construction(bad):
     with pytest.raises(ConfigError):
-        RunConfig(**bad)
+        RunConfig.build(**bad)
+
+
+@pytest.mark.parametrize("preset", ["a100_d10", "h100x8_d34"])
+def test_the_trainer_fetches_the_shards_the_plan_counts(preset, monkeypatch, tmp_path):
+    """They disagreed (train+1 against ⌈⌉+2): h100x8_d34 planned 1,775 shards and the trainer fetched 1,776."""
+    from nanolaunch import presets
+    from trainer import data, dataset
+    from trainer.common import DistEnv
+
+    config = presets.load(preset).config.replace(shards=None, data_dir=str(tmp_path))
+    plan = planner.plan(config, rank_alternatives=False)
+    fetched = []
+
+    def download(url, indices, out_dir):
+        fetched.extend(indices)
+        raise RuntimeError("recorded")  # nothing to download here: what was asked for is the test
+
+    monkeypatch.setattr(data, "download_shards", download)
+    with pytest.raises(RuntimeError, match="recorded"):
+        dataset.prepare(config.train, DistEnv(), plan["tokens"])
+    assert len(fetched) == plan["shards"] and fetched[-1] == 1822
+    if preset == "h100x8_d34":
+        assert plan["shards"] == 1775

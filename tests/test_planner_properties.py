@@ -21,7 +21,7 @@ def test_planner_never_raises_anything_but_a_clean_refusal(depth, batch, seq, gp
     if total is not None:
         fields["total_batch"] = total
     try:
-        p = planner.plan(RunConfig(**fields), mfu=mfu)
+        p = planner.plan(RunConfig.build(**fields), mfu=mfu)
     except NanolaunchError as e:
         message = str(e)
         assert message and "\n" not in message

@@ -5,7 +5,7 @@ from nanolaunch.config import RunConfig
 
 def test_snapshot_has_the_design_reference_prices():
     offer, spot = prices.cheapest("A100", 8)
-    assert offer.usd_per_hour == 15.92 and offer.cloud == "lambda"  # DESIGN.md §3: Lambda 8×A100-40GB
+    assert offer.usd_per_hour == 15.92 and offer.cloud == "lambda"  # docs/DESIGN.md §3: Lambda 8×A100-40GB
     assert spot is not None and spot.spot_usd_per_hour < offer.usd_per_hour
     assert "2026-11-21" in offer.source
     assert prices.cheapest("H100", 8)[0].usd_per_hour == 26.32  # RunPod
@@ -20,13 +20,13 @@ def test_skypilot_cache_wins_and_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("SKY_RUNTIME_DIR", str(tmp_path))
     offer, spot = prices.cheapest("H100", 8)
     assert offer.usd_per_hour == 50.0 and spot.spot_usd_per_hour == 12.0
-    p = planner.plan(RunConfig(depth=20, gpu="H100:8", device_batch=16))
+    p = planner.plan(RunConfig.build(depth=20, gpu="H100:8", device_batch=16))
     assert p["usd_per_hour"] == 50.0 and "SkyPilot catalog cache" in p["price_source"]
     assert p["cost_usd"] == p["wall_hours"] * 50.0
 
 
 def test_local_rate_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(prices.LOCAL_RATE_ENV, "0.5")
-    p = planner.plan(RunConfig(depth=2, gpu="cpu", head_dim=64, seq_len=64, total_batch=512, device_batch=8,
+    p = planner.plan(RunConfig.build(depth=2, gpu="cpu", head_dim=64, seq_len=64, total_batch=512, device_batch=8,
                                iterations=4), mfu=None)
     assert p["usd_per_hour"] == 0.5 and prices.LOCAL_RATE_ENV in p["price_source"]

@@ -1,15 +1,9 @@
 """Promotion: a finished ok run becomes a preset that plans exactly its config; nothing else does."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-
-def nl(home, *args):
-    return subprocess.run([sys.executable, "-m", "nanolaunch.cli", *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "NANOLAUNCH_HOME": str(home)})
+from conftest import nl
 
 
 def test_promotion_round_trips_and_never_overwrites(tmp_path):

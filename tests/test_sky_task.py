@@ -7,19 +7,20 @@ import threading
 import pytest
 import yaml
 
-from nanolaunch import cloud, presets, prices
+from nanolaunch import presets, prices
+from nanolaunch.backends import skypilot
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
-from nanolaunch.local import environment, free_port
+from nanolaunch.backends.local import environment, free_port
 from nanolaunch.task import STORE, RunOptions, render, store_paths, to_yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cloud_task(config: RunConfig, managed: bool) -> dict:
-    run_dir, data_dir = store_paths(7, config.data_source)
-    return render(config, RunOptions(run_dir=run_dir, data_dir=data_dir, bucket="nl-test-bucket", managed=managed),
-                  name="nl-7")
+    run_dir, data_dir = store_paths(7, config.train.data_source)
+    return render(config.replace(run_dir=run_dir, data_dir=data_dir),
+                  RunOptions(bucket="nl-test-bucket", managed=managed), name="nl-7")
 
 
 BUILT_IN = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "presets")) if f.endswith(".toml"))
@@ -33,7 +34,7 @@ def test_every_preset_task_validates_with_skypilot(name, sky_home):
         for spot in (False, True):
             config = base.replace(gpu=gpu, nodes=nodes, spot=spot)
             task = cloud_task(config, managed=spot)
-            built = cloud.to_task(yaml.safe_load(to_yaml(task)), {"WANDB_API_KEY": "x"})  # what `sky launch` reads
+            built = skypilot.to_task(yaml.safe_load(to_yaml(task)), {"WANDB_API_KEY": "x"})  # what `sky launch` reads
             kind, count = gpu.split(":")
             expected = {o.instance_type for o in prices.offers_for(kind, int(count)) if o.spot_usd_per_hour or not spot}
             assert built.num_nodes == nodes and expected
@@ -49,10 +50,10 @@ def test_every_preset_task_validates_with_skypilot(name, sky_home):
 
 
 def test_skypilot_rejects_a_broken_task_in_one_line(sky_home):
-    task = cloud_task(RunConfig(depth=4), managed=False)
+    task = cloud_task(RunConfig.build(depth=4), managed=False)
     task["resources"]["accelerator"] = "H100:1"  # a typo SkyPilot's schema catches
     with pytest.raises(NanolaunchError, match="SkyPilot rejects the task") as caught:
-        cloud.to_task(task)
+        skypilot.to_task(task)
     assert "\n" not in str(caught.value)
 
 
@@ -65,16 +66,16 @@ def test_yaml_command_prints_a_task_sky_launch_accepts(sky_home):
     assert task["num_nodes"] == 2
     assert task["file_mounts"] == {STORE: {"name": "my-bucket", "mode": "MOUNT_CACHED"}}
     assert task["envs"]["NL_DEPTH"] == "34" and task["envs"]["NL_DEVICE_BATCH"] == "4"
-    cloud.to_task(task)
+    skypilot.to_task(task)
 
 
 def test_two_nodes_rendezvous_from_the_skypilot_variables(tmp_path):
     """The run command on node ranks 0 and 1, as SkyPilot starts it on each node: one 2-rank job (gloo)."""
-    config = RunConfig(depth=2, head_dim=32, vocab_size=512, seq_len=64, device_batch=4, total_batch=512,
+    config = RunConfig.build(depth=2, head_dim=32, vocab_size=512, seq_len=64, device_batch=4, total_batch=512,
                        iterations=4, eval_every=4, eval_tokens=2048, gpu="H100:1", nodes=2, data_source="synthetic",
                        dtype="fp32")
-    task = render(config, RunOptions(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"),
-                                     master_port=free_port()))
+    task = render(config.replace(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data")),
+                  RunOptions(master_port=free_port()))
     outputs = {}
 
     def node(rank: int) -> None:

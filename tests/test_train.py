@@ -97,9 +97,9 @@ def test_out_of_memory_is_a_result_not_a_traceback(tmp_path, mode):
 @pytest.mark.parametrize("args,needle", [
     (["--depth", "two"], "--depth"),
     (["--depth", "2", "--bogus"], "unrecognized"),
-    (["--depth", "2", "--iterations", "5", "--ratio", "3"], "not allowed with"),
-    (["--depth", "2", "--max-cost", "3"], "--price-per-hour"),
-    (["--depth", "2", "--dtype", "fp8"], "invalid choice"),
+    (["--depth", "2", "--iterations", "5", "--ratio", "3"], "at most one horizon"),
+    (["--depth", "2", "--max-cost", "3"], "max_cost needs price_per_hour"),
+    (["--depth", "2", "--dtype", "fp8"], "dtype must be one of auto, bf16, fp32"),
 ])
 def test_bad_flags_are_one_line_exit_2(args, needle):
     rc, events, err = run_trainer(*args)
@@ -116,7 +116,7 @@ def test_indivisible_batch_shows_the_arithmetic(tmp_path):
 
 
 def test_crash_is_reported_in_one_line(tmp_path):
-    rc, events, err = run_trainer(*TINY, "--iterations", 2, "--data-dir", tmp_path / "nothing", "--run-dir", tmp_path)
+    rc, events, err = run_trainer(*TINY, "--iterations", 2, "--data-source", "local", "--data-dir", tmp_path / "nothing", "--run-dir", tmp_path)
     assert rc == 1
     result = of(events, "result")[0]
     assert result["status"] == "crashed" and "does not exist" in result["error"] and "\n" not in result["error"]

@@ -1,7 +1,7 @@
 """Model arithmetic: shape, parameter count and FLOPs/token of the GPT, without torch.
 
 This is the one home of these numbers. The trainer builds its model from a `ModelShape` and the
-launcher's planner prints the same object, so the two can never disagree (DESIGN.md §2, §3).
+launcher's planner prints the same object, so the two can never disagree (docs/DESIGN.md §2, §3).
 """
 from __future__ import annotations
 

@@ -149,3 +149,57 @@ def load(path: Path, rank: int) -> dict:
         "world_size": len(ranks),
         "state": json.loads((path / "state.json").read_text()),
     }
+
+
+# -- what a run saves and resumes: every rank's RNG and data position, agreed across ranks ---------------------
+def rank_state(loader, device: torch.device) -> dict:
+    """This rank's data position and RNG states: what makes a resumed run bit-exact."""
+    import random
+
+    import numpy as np
+    return {"loader": loader.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "python": random.getstate(), "numpy": np.random.get_state()}}
+
+
+def restore_rng(rng: dict, device: torch.device) -> None:
+    import random
+
+    import numpy as np
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+
+
+def gather_rank_states(mine: dict) -> list[dict]:
+    """Every rank's state, on every rank (rank 0 writes them)."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        return [mine]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def agreed_latest(run_dir) -> Path | None:
+    """Rank 0's choice of checkpoint, for every rank (across nodes the run dir must be shared)."""
+    import torch.distributed as dist
+    path = latest(run_dir)
+    if not dist.is_initialized():
+        return path
+    box = [str(path) if path else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0]) if box[0] else None
+
+
+def check_fits(path: Path, ck: dict, mine: dict) -> str | None:
+    """Why checkpoint `ck` cannot continue a run with these facts (shape, batch, world size, data kind), or None."""
+    theirs = {k: ck["state"].get(k) for k in mine}
+    theirs["world_size"] = ck["world_size"]
+    if theirs == mine:
+        return None
+    diff = ", ".join(f"{k} {theirs[k]} → {mine[k]}" for k in mine if theirs[k] != mine[k])
+    return f"checkpoint {path} does not fit these settings ({diff}); use another run_dir"

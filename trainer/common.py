@@ -10,25 +10,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-# Peak dense bf16 FLOP/s per device (DESIGN.md §3). Matched in order against torch's device name;
-# a name that matches nothing has an unknown peak and MFU is reported as null, never guessed.
-PEAK_BF16 = [
-    (("H100", "PCIe"), 756e12),
-    (("H100", "HBM3"), 989e12),  # "NVIDIA H100 80GB HBM3" is the SXM part
-    (("H100", "SXM"), 989e12),
-    (("H200",), 989e12),
-    (("A100",), 312e12),
-    (("L40S",), 362e12),
-    (("RTX 5090",), 209.5e12),
-    (("RTX 4090",), 165.2e12),
-]
-
-
-def peak_flops(device_name: str) -> float | None:
-    for keys, flops in PEAK_BF16:
-        if all(k in device_name for k in keys):
-            return flops
-    return None
+def cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Iterator
 import numpy as np
 
 from .corpus import build_stdlib_corpus
-from .download import HF_URL, DownloadError, ShardError, download_shards, verify_shard
+from .download import DownloadError, ShardError, download_shards, verify_shard
 
-__all__ = ["HF_URL", "DataError", "DownloadError", "ShardError", "TokenLoader", "build_stdlib_corpus",
+__all__ = ["DataError", "DownloadError", "ShardError", "TokenLoader", "build_stdlib_corpus",
            "download_shards", "iter_documents", "list_shards", "read_unit", "row_groups",
            "split_shards", "verify_shard"]
 

@@ -14,8 +14,6 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
-HF_URL = ("https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/"
-          "shard_{index:05d}.parquet")
 CHUNK = 1 << 20
 
 

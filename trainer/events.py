@@ -1,7 +1,7 @@
-"""The event stream and result record of docs/events.md (version 1).
+"""The event contract of docs/events.md (version 1), both sides of it: the trainer emits, the launcher parses.
 
 Rank 0 prints one JSON object per line on stdout; human lines go to stderr. The final `result` is also
-written atomically to RUN_DIR/result.json.
+written atomically to RUN_DIR/result.json. Torch-free: nanolaunch imports this module too.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 VERSION = 1
 STATUSES = ("ok", "oom", "over_budget", "crashed", "cancelled")
 EXIT_CODES = {"ok": 0, "crashed": 1, "oom": 3, "over_budget": 4, "cancelled": 130}
+EXIT_STATUS = {code: status for status, code in EXIT_CODES.items()}
+USAGE_EXIT = 2  # settings that cannot run: one line on stderr
 RESULT_NAME = "result.json"
 
 
@@ -67,3 +69,17 @@ def emit_result(run_dir: Path | None, status: str, **fields) -> dict:
         except OSError as e:
             print(f"could not write {Path(run_dir) / RESULT_NAME}: {e}", file=sys.stderr, flush=True)
     return record
+
+
+def parse_line(line: str) -> dict | None:
+    """The event on this line, or None. Text before the first '{' (log prefixes) is ignored."""
+    start = line.find("{")
+    if start < 0:
+        return None
+    try:
+        event = json.loads(line[start:])
+    except ValueError:
+        return None
+    if isinstance(event, dict) and "event" in event and event.get("v") == VERSION:
+        return event
+    return None

@@ -1,4 +1,4 @@
-"""The GPT (DESIGN.md §3), built from a ModelShape so its size is exactly trainer.arithmetic's.
+"""The GPT (docs/DESIGN.md §3), built from a ModelShape so its size is exactly trainer.arithmetic's.
 
 - token embedding, then parameter-free RMSNorm; no positional embedding: rotary on q and k
 - QK-norm (RMSNorm of q and k after rotary), causal F.scaled_dot_product_attention, n_kv_head = n_head

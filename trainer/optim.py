@@ -1,4 +1,4 @@
-"""Optimizers and schedules (DESIGN.md §3): Muon for block matrices, AdamW for embedding and head.
+"""Optimizers and schedules (docs/DESIGN.md §3): Muon for block matrices, AdamW for embedding and head.
 
 Gradients are averaged across ranks before step() (DDP), so both optimizers run replicated: every
 rank holds the same optimizer state and takes the same step.

@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer: trained with rustbpe, run with tiktoken (DESIGN.md §3).
+"""Byte-level BPE tokenizer: trained with rustbpe, run with tiktoken (docs/DESIGN.md §3).
 
 On disk a tokenizer is a directory with `ranks.tiktoken` (base64 token, rank per line, tiktoken's own
 format) and `tokenizer.json` (pattern, special tokens, checksum of the ranks). tokenizer.json is

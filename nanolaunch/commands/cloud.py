@@ -8,48 +8,51 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import JsonOpt, ModelArg, PresetOpt, resolve
+from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, IterationsOpt, JsonOpt, ModelArg,
+                                        NodesOpt, PresetOpt, RatioOpt, RunArg, SpotOpt, resolve)
+from nanolaunch.commands.ledger import export_row
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import Ledger, pid_alive
-
-RunArg = Annotated[int, typer.Argument(help="Run number from `nanolaunch ledger`.", show_default=False)]
 
 
 def yaml(
     model: ModelArg = None,
     preset: PresetOpt = None,
-    ratio: Annotated[Optional[float], typer.Option(help="Train on RATIO × params tokens.")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Train for exactly N optimizer steps.")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Device batch.")] = None,
-    gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] per node.")] = None,
-    nodes: Annotated[Optional[int], typer.Option(help="Number of nodes.")] = None,
-    spot: Annotated[bool, typer.Option("--spot", help="Spot GPUs, recovered as a managed job.")] = False,
+    ratio: RatioOpt = None,
+    iterations: IterationsOpt = None,
+    batch: BatchOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
+    gpu: GpuOpt = None,
+    nodes: NodesOpt = None,
+    spot: SpotOpt = None,
     name: Annotated[str, typer.Option(help="Run folder name inside the bucket.")] = "manual",
     bucket: Annotated[Optional[str], typer.Option(help="Bucket for checkpoints and data [env NANOLAUNCH_BUCKET].")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Print the filled SkyPilot task: `sky launch` (or `sky jobs launch` with --spot) runs it by hand."""
-    from nanolaunch.launch import derived
+    from nanolaunch.launch import Request, derived, for_run
     from nanolaunch.task import STORE, RunOptions, default_bucket, render, to_yaml
 
-    config, chosen = resolve(model, preset, ratio=ratio, iterations=iterations, device_batch=batch, gpu=gpu,
-                             nodes=nodes, spot=spot or None)
-    derived(config, chosen)  # the same validation as plan: a batch that cannot divide fails here
-    opts = RunOptions(run_dir=f"{STORE}/runs/{name}", data_dir=f"{STORE}/data/{config.data_source}",
-                      bucket=bucket or default_bucket(), managed=config.spot)
-    sys.stdout.write(to_yaml(render(config, opts, name=f"nl-{name}")))
+    config, chosen = resolve(model, preset, ratio=ratio, iterations=iterations, device_batch=batch,
+                             checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot)
+    plan = derived(config, chosen)  # the same validation as plan: a batch that cannot divide fails here
+    config = for_run(Request("run", config, chosen), plan, run_dir=f"{STORE}/runs/{name}",
+                     data_dir=f"{STORE}/data/{config.train.data_source}")
+    opts = RunOptions(bucket=bucket or default_bucket(), managed=config.spot)
+    out.emit(render(config, opts, name=f"nl-{name}"), as_json, lambda task: sys.stdout.write(to_yaml(task)))
 
 
 def status(as_json: JsonOpt = False) -> None:
     """What nanolaunch has running on SkyPilot: clusters and managed jobs, with their ledger rows."""
-    from nanolaunch import cloud
-    from nanolaunch.remote import PREFIX
+    from nanolaunch.backends import skypilot
+    from nanolaunch.backends.skypilot import PREFIX
 
     db = Ledger()
     rows = []
-    for c in cloud.clusters(PREFIX):
+    for c in skypilot.clusters(PREFIX):
         rows.append(_with_row(db, {"what": "cluster", "name": c["name"], "status": c["status"],
                                    "resources": c.get("resources_str"), "since": c.get("launched_at")}))
-    for j in cloud.jobs(PREFIX, active_only=True):
+    for j in skypilot.jobs(PREFIX, active_only=True):
         rows.append(_with_row(db, {"what": "managed job", "name": j["job_name"], "status": j["status"],
                                    "resources": f"job {j['job_id']}, {j.get('recovery_count') or 0} recoveries",
                                    "since": j.get("submitted_at")}))
@@ -82,9 +85,9 @@ def _status_table(rows: list[dict]) -> None:
     c.print("remove one with `nanolaunch down RUN`")
 
 
-def down(run_id: RunArg) -> None:
+def down(run_id: RunArg, as_json: JsonOpt = False) -> None:
     """Tear down a run's cluster (or cancel its managed job) and close its ledger row."""
-    from nanolaunch import cloud
+    from nanolaunch.backends import skypilot
 
     db = Ledger()
     row = db.get(run_id)
@@ -92,39 +95,52 @@ def down(run_id: RunArg) -> None:
         raise NanolaunchError(f"run #{run_id} ran on the {row['backend']} backend: it has no cluster to tear down")
     existed = True
     if row["managed"]:
-        cloud.job_cancel(row["sky_job_id"])
+        skypilot.job_cancel(row["sky_job_id"])
     else:
-        existed = cloud.down(row["cluster"])
+        existed = skypilot.down(row["cluster"])
+    cancelled = []
     for other in db.rows():  # a probe sweep shares one cluster: every row on it has stopped
         if other["cluster"] == row["cluster"]:
             db.add_event(other["id"], "down", f"nanolaunch down {run_id}")
             if other["status"] == "running":
                 db.finish(other["id"], "cancelled", {"error": "torn down by `nanolaunch down`"})
+                cancelled.append(other["id"])
     done = "cancelled managed job" if row["managed"] else ("tore down" if existed else "nothing to tear down:")
-    out.console().print(f"{done} {row['cluster']} (run #{run_id})")
+    result = {"run": run_id, "cluster": row["cluster"], "managed": bool(row["managed"]), "existed": existed,
+              "done": done.rstrip(":"), "cancelled_runs": cancelled}
+    out.emit(result, as_json, lambda r: out.console().print(f"{done} {r['cluster']} (run #{r['run']})"))
 
 
-def logs(run_id: RunArg, follow: Annotated[bool, typer.Option(help="Keep following until the run ends.")] = True) -> None:
-    """Reattach to a run's output: from SkyPilot for cloud runs, from its log file for local ones."""
+def logs(
+    run_id: RunArg,
+    follow: Annotated[bool, typer.Option(help="Keep following until the run ends.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reattach to a run's output: from SkyPilot for cloud runs, from its log file for local ones.
+
+    With --json the log goes to stderr and stdout gets the run's ledger row when the log ends."""
+    stream = sys.stderr if as_json else sys.stdout
     db = Ledger()
     row = db.get(run_id)
     if not row["cluster"]:
-        _local_logs(row, follow)
-        return
-    from nanolaunch import cloud
-    from nanolaunch.remote import LogSink, reattached
+        _local_logs(row, follow, stream)
+    else:
+        from nanolaunch.backends import skypilot
+        from nanolaunch.backends.skypilot import LogSink, reattached
 
-    follower = reattached(db, row)
-    sink = LogSink(follower.log_path, lambda line: (print(line, flush=True), follower(line)), mode="w")
-    try:
-        code = (cloud.job_tail(row["sky_job_id"], sink) if row["managed"]
-                else cloud.tail(row["cluster"], row["sky_job_id"], sink))
-    finally:
-        sink.close()
-    follower.settle(code, launcher_alive=pid_alive(row["pid"]))
+        follower = reattached(db, row)
+        sink = LogSink(follower.log_path, lambda line: (print(line, file=stream, flush=True), follower(line)),
+                       mode="w")
+        try:
+            code = (skypilot.job_tail(row["sky_job_id"], sink) if row["managed"]
+                    else skypilot.tail(row["cluster"], row["sky_job_id"], sink))
+        finally:
+            sink.close()
+        follower.settle(code, launcher_alive=pid_alive(row["pid"]))
+    out.emit(export_row(db.get(run_id)), as_json, lambda r: None)  # people have read the log: nothing to add
 
 
-def _local_logs(row: dict, follow: bool) -> None:
+def _local_logs(row: dict, follow: bool, stream) -> None:
     from pathlib import Path
 
     path = Path(row["log_path"] or "")
@@ -134,8 +150,8 @@ def _local_logs(row: dict, follow: bool) -> None:
         while True:
             chunk = f.read()
             if chunk:
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
+                stream.write(chunk)
+                stream.flush()
             elif not follow or Ledger().get(row["id"])["status"] != "running":
                 return
             else:
@@ -143,7 +159,7 @@ def _local_logs(row: dict, follow: bool) -> None:
 
 
 def _run_of(name: str) -> int | None:
-    from nanolaunch.remote import PREFIX
+    from nanolaunch.backends.skypilot import PREFIX
 
     tail = name[len(PREFIX):] if name.startswith(PREFIX) else ""
     return int(tail) if tail.isdigit() else None

@@ -1,4 +1,9 @@
-"""What several commands share: choosing a config from `dN`, `--preset` and override flags."""
+"""What several commands share: the option and argument definitions, and choosing a config from `dN`,
+`--preset` and override flags.
+
+Every flag that more than one command takes is defined here, once: the same flag has the same type, default
+behaviour and help text everywhere.
+"""
 from __future__ import annotations
 
 import re
@@ -10,9 +15,30 @@ from nanolaunch import presets
 from nanolaunch.config import ConfigError, RunConfig
 from nanolaunch.errors import NanolaunchError
 
+# What to train.
 ModelArg = Annotated[Optional[str], typer.Argument(help="Model size as dN, e.g. d12 (depth 12).", show_default=False)]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Start from a named preset.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# The horizon (either replaces the preset's horizon entirely), the batch and checkpoints.
+RatioOpt = Annotated[Optional[float], typer.Option("--ratio", help="Train on RATIO × params tokens.")]
+IterationsOpt = Annotated[Optional[int], typer.Option("--iterations", help="Train for exactly N optimizer steps.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", help="Device batch: sequences per GPU per micro-step.")]
+CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
+    "--checkpoint-every", help="Steps between checkpoints (≤0: only at the end); a recovered run loses at most "
+                               "this many.")]
+# Where it runs.
+GpuOpt = Annotated[Optional[str], typer.Option("--gpu", help="GPUs per node as KIND[:COUNT], e.g. H100:8, or cpu.")]
+NodesOpt = Annotated[Optional[int], typer.Option("--nodes", help="Number of nodes.")]
+SpotOpt = Annotated[Optional[bool], typer.Option(
+    "--spot/--on-demand", help="Spot GPUs: priced at spot rates, run as a managed job recovered after preemption. "
+                               "Unset: the preset's choice, else on-demand.", show_default=False)]
+LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine instead of SkyPilot (GPU configs).")]
+# The ledger.
+TitleOpt = Annotated[str, typer.Option("--title", help="A title for the ledger: what this run is.")]
+ProjectOpt = Annotated[str, typer.Option("--project", help="Ledger project the run counts under.")]
+ProjectFilterOpt = Annotated[Optional[str], typer.Option("--project", help="Only rows of this ledger project.")]
+RunArg = Annotated[int, typer.Argument(help="Run number, as in `nanolaunch ledger`.", show_default=False)]
+# Output.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text for people.")]
 
 
 def parse_model(model: str) -> int:
@@ -34,6 +60,6 @@ def resolve(model: str | None, preset_name: str | None, **overrides) -> tuple[Ru
         raise NanolaunchError("give a model size (e.g. d12), --depth N, or --preset NAME")
     base = chosen.config.to_dict() if chosen else {}
     try:
-        return RunConfig(**{**base, **changes}), chosen
+        return RunConfig.build(**{**base, **changes}), chosen
     except TypeError as e:  # a wrong type reaching the dataclass from a flag
         raise ConfigError(str(e)) from None

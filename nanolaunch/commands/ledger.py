@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import JsonOpt, ModelArg, PresetOpt, resolve
-from nanolaunch.config import RunConfig
+from nanolaunch.commands.common import (BatchOpt, GpuOpt, JsonOpt, ModelArg, PresetOpt, ProjectFilterOpt, ProjectOpt,
+                                        TitleOpt, resolve)
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import FINISHED, Ledger
 from nanolaunch.runs import reconcile
@@ -34,7 +34,7 @@ def export_row(r: dict) -> dict:
 @app.callback()
 def ledger(
     ctx: typer.Context,
-    project: Annotated[Optional[str], typer.Option(help="Only this project.")] = None,
+    project: ProjectFilterOpt = None,
     show_all: Annotated[bool, typer.Option("--all", help=f"Every row, not only the last {RECENT}.")] = False,
     as_json: JsonOpt = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write every selected row to this CSV file.")] = None,
@@ -126,11 +126,11 @@ def _markdown(rows: list[dict]) -> None:
 def add(
     model: ModelArg = None,
     preset: PresetOpt = None,
-    title: Annotated[str, typer.Option(help="What this run was.")] = "",
-    project: Annotated[str, typer.Option(help="Project it belongs to.")] = "default",
+    title: TitleOpt = "",
+    project: ProjectOpt = "default",
     kind: Annotated[str, typer.Option(help="run or dry.")] = "run",
-    gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] it ran on.")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Device batch.")] = None,
+    gpu: GpuOpt = None,
+    batch: BatchOpt = None,
     status: Annotated[str, typer.Option(help=f"One of {', '.join(FINISHED)}.")] = "ok",
     wall_minutes: Annotated[float, typer.Option(help="Wall time in minutes.")] = 0.0,
     cost: Annotated[Optional[float], typer.Option(help="$ it cost.")] = None,
@@ -147,13 +147,11 @@ def add(
     if wall_minutes < 0 or (cost is not None and cost < 0):
         raise NanolaunchError("--wall-minutes and --cost must not be negative")
     config, chosen = resolve(model, preset, gpu=gpu, device_batch=batch)
-    config: RunConfig
-    kind_name, _, count = config.gpu.partition(":")
     now = time.time()
     db = Ledger()
     wall = wall_minutes * 60
     run_id = db.add(project=project, title=title, kind=kind, preset=chosen.name if chosen else None,
-                    config=config.to_dict(), backend="external", gpu=kind_name, gpu_count=int(count or 1),
+                    config=config.to_dict(), backend="external", gpu=config.accelerator.name, gpu_count=config.gpus_per_node,
                     nodes=config.nodes, status=status, started_at=now - wall, ended_at=now, wall_seconds=wall,
                     cost_usd=cost, val_bpb=val_bpb, mfu=mfu, peak_memory_gib=peak_memory_gib,
                     usd_per_hour=cost / (wall / 3600) if cost is not None and wall else None,

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import JsonOpt, ModelArg, PresetOpt, resolve
+from nanolaunch.commands.common import (BatchOpt, GpuOpt, IterationsOpt, JsonOpt, ModelArg, NodesOpt, PresetOpt,
+                                        RatioOpt, SpotOpt, resolve)
 from nanolaunch import calibration
 from nanolaunch.planner import plan as make_plan
 
@@ -15,17 +16,17 @@ def plan(
     model: ModelArg = None,
     preset: PresetOpt = None,
     depth: Annotated[Optional[int], typer.Option(help="Model depth (layers).")] = None,
-    ratio: Annotated[Optional[float], typer.Option(help="Train on RATIO × params tokens.")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Train for exactly N optimizer steps.")] = None,
-    gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] per node, e.g. H100:8, or cpu.")] = None,
-    nodes: Annotated[Optional[int], typer.Option(help="Number of nodes.")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Device batch (sequences per GPU per micro-step).")] = None,
+    ratio: RatioOpt = None,
+    iterations: IterationsOpt = None,
+    gpu: GpuOpt = None,
+    nodes: NodesOpt = None,
+    batch: BatchOpt = None,
     seq: Annotated[Optional[int], typer.Option("--seq", help="Sequence length.")] = None,
     total_batch: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step.")] = None,
     vocab: Annotated[Optional[int], typer.Option("--vocab", help="Vocabulary size.")] = None,
     shards: Annotated[Optional[int], typer.Option(help="Data shards to fetch (train + 1 validation).")] = None,
     mfu: Annotated[Optional[float], typer.Option(help="Assume this MFU (0-1) for step time.")] = None,
-    spot: Annotated[Optional[bool], typer.Option("--spot/--on-demand", help="Price with spot instances.")] = None,
+    spot: SpotOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print every derived number of a run: shape, FLOPs, horizon, batch, data, memory, time and cost."""

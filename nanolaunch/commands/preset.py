@@ -7,7 +7,7 @@ import typer
 
 from nanolaunch import output as out, presets
 from nanolaunch.errors import NanolaunchError
-from nanolaunch.commands.common import JsonOpt
+from nanolaunch.commands.common import JsonOpt, RunArg
 
 app = typer.Typer(no_args_is_help=True, help="Named presets: validated configs with their provenance.")
 
@@ -51,7 +51,7 @@ def _render_one(p: dict) -> None:
 
 @app.command("promote")
 def promote(
-    run: Annotated[int, typer.Argument(help="Run number from `nanolaunch ledger`.")],
+    run: RunArg,
     name: Annotated[str, typer.Option("--name", help="Name of the new preset.")],
     force: Annotated[bool, typer.Option(help="Replace a promoted preset of that name.")] = False,
     as_json: JsonOpt = False,

@@ -5,33 +5,33 @@ from typing import Annotated, Optional
 
 import typer
 
-from nanolaunch import batch_search, gpus, output as out, presets
-from nanolaunch.commands.common import JsonOpt, ModelArg, PresetOpt, resolve
+from nanolaunch import batch_search, output as out, presets
+from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, IterationsOpt, JsonOpt, LocalOpt,
+                                        ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SpotOpt, TitleOpt,
+                                        resolve)
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
-from nanolaunch.launch import Request, derived, run_local
+from nanolaunch.backends.local import run_local
+from nanolaunch.launch import Request, derived
 from nanolaunch.planner import PlanError
-
-LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine instead of SkyPilot (GPU configs).")]
-TitleOpt = Annotated[str, typer.Option(help="A title for the ledger.")]
-ProjectOpt = Annotated[str, typer.Option(help="Ledger project.")]
 
 
 def _on_cloud(config: RunConfig, local: bool) -> bool:
     """GPU configs run on SkyPilot unless --local; a CPU config always runs here."""
-    return not local and gpus.parse_gpu_spec(config.gpu)[0].name != gpus.CPU_NAME
+    return not local and not config.on_cpu
 
 
 def run(
     model: ModelArg = None,
     preset: PresetOpt = None,
-    ratio: Annotated[Optional[float], typer.Option(help="Train on RATIO × params tokens.")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Train for exactly N optimizer steps.")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Device batch.")] = None,
-    gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] per node, or cpu.")] = None,
-    nodes: Annotated[Optional[int], typer.Option(help="Number of nodes.")] = None,
-    spot: Annotated[bool, typer.Option("--spot", help="Spot GPUs as a managed job, recovered after preemption.")] = False,
+    ratio: RatioOpt = None,
+    iterations: IterationsOpt = None,
+    batch: BatchOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
+    gpu: GpuOpt = None,
+    nodes: NodesOpt = None,
+    spot: SpotOpt = None,
     title: TitleOpt = "",
     project: ProjectOpt = "default",
     local: LocalOpt = False,
@@ -43,8 +43,8 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model to the end of its horizon and record it in the ledger."""
-    config, chosen = resolve(model, preset, ratio=ratio, iterations=iterations, device_batch=batch, gpu=gpu,
-                             nodes=nodes, spot=spot or None)
+    config, chosen = resolve(model, preset, ratio=ratio, iterations=iterations, device_batch=batch,
+                             checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot)
     plan = derived(config, chosen)
     if max_cost is not None and plan["cost_usd"] is not None and plan["cost_usd"] > max_cost:
         raise NanolaunchError(f"estimated cost {out.usd(plan['cost_usd'])} exceeds --max-cost {out.usd(max_cost)} "
@@ -52,14 +52,14 @@ def run(
     req = Request("run", config, chosen, title, project, max_cost=max_cost, wandb_project=wandb_project or None,
                   quiet=as_json)
     if dryrun:
-        from nanolaunch import remote
+        from nanolaunch.backends import skypilot
 
-        out.emit(remote.dryrun(req, plan), as_json, _dryrun_summary)
+        out.emit(skypilot.dryrun(req, plan), as_json, _dryrun_summary)
         return
     if _on_cloud(config, local):
-        from nanolaunch import remote
+        from nanolaunch.backends import skypilot
 
-        row = remote.run(req)
+        row = skypilot.run(req)
     else:
         row = run_local(req)
     out.emit(export_row(row), as_json, _summary)
@@ -101,7 +101,7 @@ def dry(
     batch: Annotated[str, typer.Option("--batch", help="Device batch, several (8,16,32), or auto: the batches that "
                                                        "divide the total batch, largest first, until none is faster.")] = "",
     iters: Annotated[int, typer.Option(help="Iterations per probe.")] = 20,
-    gpu: Annotated[Optional[str], typer.Option(help="KIND[:COUNT] per node, or cpu.")] = None,
+    gpu: GpuOpt = None,
     memory_limit_gib: Annotated[Optional[float], typer.Option(
         help="Cap each local probe's memory (a real allocation failure past it is an OOM).")] = None,
     force: Annotated[bool, typer.Option(help="Probe even batches predicted not to fit.")] = False,
@@ -114,13 +114,13 @@ def dry(
     config, chosen = resolve(model, preset, gpu=gpu)
     auto = batch.strip().lower() == "auto"
     if auto:  # probes run on one node
-        per_node = gpus.parse_gpu_spec(config.gpu)[1]
-        batches = batch_search.candidates(config.total_batch, config.seq_len, per_node)
+        per_node = config.gpus_per_node
+        batches = batch_search.candidates(config.train.total_batch, config.train.seq_len, per_node)
         if not batches:
-            raise NanolaunchError(f"--batch auto: total batch {config.total_batch:,} is not a whole number of "
-                                  f"sequences per GPU ({config.seq_len:,} tokens × {per_node} GPU)")
+            raise NanolaunchError(f"--batch auto: total batch {config.train.total_batch:,} is not a whole number of "
+                                  f"sequences per GPU ({config.train.seq_len:,} tokens × {per_node} GPU)")
     else:
-        batches = parse_batches(batch) if batch else [config.device_batch]
+        batches = parse_batches(batch) if batch else [config.train.device_batch]
     if save_preset is not None:
         presets.check_new_name(save_preset)  # before spending anything
     if iters < 1:
@@ -147,9 +147,9 @@ def dry(
                     quiet=as_json) for _, candidate in probes]
     stop = (lambda done: batch_search.should_stop([export_row(r) for r in done])) if auto else (lambda done: False)
     if _on_cloud(config, local):  # one cluster for the whole sweep
-        from nanolaunch import remote
+        from nanolaunch.backends import skypilot
 
-        done = remote.sweep(reqs, stop=stop) if reqs else []
+        done = skypilot.sweep(reqs, stop=stop) if reqs else []
     else:
         done = []
         for r in reqs:
@@ -185,7 +185,7 @@ def _save_best(name: str, best: dict, rows: list[dict], chosen, config: RunConfi
         text = f'base = "{chosen.name}"\n' + presets.to_toml(f"{chosen.name} with the batch its probes chose",
                                                               {"device_batch": best["device_batch"]}, provenance, results)
     else:
-        text = presets.to_toml(f"d{config.depth} with the batch its probes chose",
+        text = presets.to_toml(f"d{config.train.depth} with the batch its probes chose",
                                config.replace(device_batch=best["device_batch"]).to_dict(), provenance, results)
     return presets.write(name, text)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import JsonOpt
+from nanolaunch.commands.common import JsonOpt, RunArg
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.ledger import Ledger
 from nanolaunch.runs import follow_log, reconcile
@@ -16,7 +16,7 @@ BARS = "▁▂▃▄▅▆▇█"
 
 
 def show(
-    run: Annotated[int, typer.Argument(help="Run number, as in `nanolaunch ledger`.")],
+    run: RunArg,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write the curves to this PNG file.")] = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nanolaunch.events import EXIT_STATUS, RunState
-from nanolaunch.runs import LOG_NAME, RESULT_NAME, read_result
-from nanolaunch.task import REPO, single_node_env
+from nanolaunch.events import RunState
+from nanolaunch.launch import Display, LiveRow, Request, data_dir, derived, for_run, open_row, write_task
+from nanolaunch.ledger import Ledger
+from nanolaunch.runs import LOG_NAME, RESULT_NAME, read_result, run_dir
+from nanolaunch.task import REPO, RunOptions, render, single_node_env
+from trainer.events import EXIT_STATUS
+from trainer.settings import ENV_PREFIX
 
 POLL_SECONDS = 0.2
 CANCEL_GRACE_SECONDS = 60
@@ -38,8 +42,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_local(req: Request, ledger: Ledger | None = None) -> dict:
+    """Runs on this machine; returns the finished ledger row."""
+    ledger = ledger or Ledger()
+    plan = derived(req.config, req.preset, probe=req.probe is not None)
+    # pid: ours until the trainer starts, so a live pid keeps reconcile away
+    run_id = open_row(ledger, req, plan, "local", nodes=1, pid=os.getpid())
+    folder = run_dir(run_id)
+    config = for_run(req, plan, run_dir=str(folder), data_dir=data_dir(req.config))
+    task = render(config, RunOptions(master_port=free_port()), name=f"nanolaunch-{run_id}")
+    write_task(folder, task, config)
+    ledger.update(run_id, run_dir=str(folder), log_path=str(folder / LOG_NAME), result_path=str(folder / RESULT_NAME))
+
+    display = Display(run_id, req, plan)
+    with display:
+        outcome = run_task(task, folder, gpus_per_node=1 if config.on_cpu else config.gpus_per_node,
+                           on_start=lambda pid: ledger.update(run_id, pid=pid), on_event=LiveRow(ledger, run_id, display))
+    ledger.finish(run_id, outcome.status, outcome.result)
+    return ledger.get(run_id)
+
+
 def environment(task: dict, gpus_per_node: int) -> dict[str, str]:
-    env = {**os.environ, **task["envs"], **single_node_env(gpus_per_node), "PYTHONUNBUFFERED": "1"}
+    """The task's envs over ours; NL_* variables of the caller's shell are not passed on: the task says them all."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env = {**inherited, **task["envs"], **single_node_env(gpus_per_node), "PYTHONUNBUFFERED": "1"}
     # torchrun sets OMP_NUM_THREADS=1 when unset; on a CPU that makes training many times slower.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // gpus_per_node)))
     # `python` in the task means this interpreter: the one nanolaunch (and torch) is installed in.

@@ -1,0 +1,1 @@
+"""Where a run executes: this machine (local) or SkyPilot (skypilot)."""

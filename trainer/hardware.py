@@ -1,0 +1,57 @@
+"""Accelerator facts: memory and peak dense bf16 FLOP/s, one table for the planner and the trainer (torch-free).
+
+Peaks are vendor datasheet figures without sparsity (docs/DESIGN.md). A device that matches nothing has an
+unknown peak: MFU is then reported as unknown, never guessed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str  # SkyPilot's accelerator name
+    memory_gib: float
+    peak_bf16_tflops: float | None
+    description: str
+    device_name_keys: tuple[str, ...] = ()  # all found in torch.cuda.get_device_name() means this GPU
+
+    @property
+    def peak_flops(self) -> float | None:
+        return None if self.peak_bf16_tflops is None else self.peak_bf16_tflops * 1e12
+
+
+GPUS = {g.name: g for g in (
+    GPU("A100", 40, 312, "NVIDIA A100-SXM4-40GB", ("A100", "40GB")),
+    GPU("A100-80GB", 80, 312, "NVIDIA A100-SXM4-80GB", ("A100", "80GB")),
+    GPU("H100", 80, 989, "NVIDIA H100 SXM 80GB", ("H100", "HBM3")),  # "NVIDIA H100 80GB HBM3" is the SXM part
+    GPU("H100-PCIe", 80, 756, "NVIDIA H100 PCIe 80GB", ("H100", "PCIe")),
+    GPU("H200", 141, 989, "NVIDIA H200 141GB", ("H200",)),
+    GPU("L40S", 48, 362, "NVIDIA L40S 48GB", ("L40S",)),
+    GPU("RTX5090", 32, 209.5, "NVIDIA GeForce RTX 5090", ("RTX 5090",)),
+    GPU("RTX4090", 24, 165.2, "NVIDIA GeForce RTX 4090", ("RTX 4090",)),
+)}
+
+
+def gpu_for_device_name(device_name: str) -> GPU | None:
+    """The table's GPU for a CUDA device name, or None (e.g. H100 NVL, a CPU)."""
+    for gpu in GPUS.values():
+        if gpu.device_name_keys and all(k in device_name for k in gpu.device_name_keys):
+            return gpu
+    if "A100" in device_name:  # an A100 whose name gives no memory size: same chip, same peak
+        return GPUS["A100"]
+    if "H100" in device_name and "SXM" in device_name:
+        return GPUS["H100"]
+    return None
+
+
+def peak_flops(device_name: str) -> float | None:
+    gpu = gpu_for_device_name(device_name)
+    return gpu.peak_flops if gpu else None
+
+
+def mfu(flops_per_token: int, tokens_per_second: float | None, peak: float | None, devices: int) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the devices' peak; None where the peak is unknown."""
+    if not tokens_per_second or not peak:
+        return None
+    return flops_per_token * tokens_per_second / (peak * devices)
