@@ -104,7 +104,8 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         rate, price_source = prices.local_rate()
         on_demand_rate, spot_rate = rate, None
     else:
-        offer, spot_offer = prices.cheapest(gpu.name, per_node)
+        # a cloud run mounts its bucket; several nodes need a cloud that can join them
+        offer, spot_offer = prices.cheapest(gpu.name, per_node, prices.needs(nodes=config.nodes))
         on_demand_rate = offer.usd_per_hour * config.nodes if offer else None
         spot_rate = spot_offer.spot_usd_per_hour * config.nodes if spot_offer else None
         price_source = (f"{offer.label}, {offer.source}" if offer

@@ -117,18 +117,42 @@ def offers() -> tuple[Offer, ...]:
     return _skypilot_cache_offers() or _snapshot_offers()
 
 
-def cheapest(accelerator: str, count: int) -> tuple[Offer | None, Offer | None]:
-    """(cheapest on-demand offer, cheapest spot offer) for `count` accelerators in one node."""
-    matching = offers_for(accelerator, count)
+# What a nanolaunch task may need of a cloud, and the clouds that lack it: SkyPilot 0.14's own
+# _CLOUD_UNSUPPORTED_FEATURES (sky/clouds/<cloud>.py), which tests/test_sky_machinery.py holds this table to.
+# A cloud run mounts its bucket (STORAGE_MOUNTING); several nodes need MULTI_NODE; spot needs SPOT_INSTANCE.
+UNSUPPORTED = {
+    "aws": frozenset(),
+    "gcp": frozenset(),
+    "lambda": frozenset({"SPOT_INSTANCE"}),
+    "runpod": frozenset({"STORAGE_MOUNTING", "MULTI_NODE"}),
+}
+
+
+def needs(*, nodes: int, spot: bool = False, bucket: bool = True) -> frozenset[str]:
+    """The SkyPilot features a task with these properties needs."""
+    return frozenset({"STORAGE_MOUNTING"} if bucket else set()) | ({"MULTI_NODE"} if nodes > 1 else set()) | \
+        ({"SPOT_INSTANCE"} if spot else set())
+
+
+def can_run(offer: Offer, needed: frozenset[str]) -> bool:
+    """False where SkyPilot would refuse the cloud for this task (it does so only at provisioning)."""
+    return not needed & UNSUPPORTED.get(offer.cloud, frozenset())
+
+
+def cheapest(accelerator: str, count: int, needed: frozenset[str] = frozenset()) -> tuple[Offer | None, Offer | None]:
+    """(cheapest on-demand offer, cheapest spot offer) for `count` accelerators in one node, among the clouds
+    that can run a task with `needed` features."""
+    matching = offers_for(accelerator, count, needed)
     on_demand = min(matching, key=lambda o: o.usd_per_hour, default=None)
-    spot = min((o for o in matching if o.spot_usd_per_hour), key=lambda o: o.spot_usd_per_hour, default=None)
+    spot = min((o for o in matching if o.spot_usd_per_hour and can_run(o, needed | {"SPOT_INSTANCE"})),
+               key=lambda o: o.spot_usd_per_hour, default=None)
     return on_demand, spot
 
 
-def offers_for(accelerator: str, count: int) -> list[Offer]:
-    """Every node with exactly these GPUs, cheapest first."""
-    return sorted((o for o in offers() if o.accelerator.upper() == accelerator.upper() and o.count == count),
-                  key=lambda o: o.usd_per_hour)
+def offers_for(accelerator: str, count: int, needed: frozenset[str] = frozenset()) -> list[Offer]:
+    """Every node with exactly these GPUs on a cloud that can run the task, cheapest first."""
+    return sorted((o for o in offers() if o.accelerator.upper() == accelerator.upper() and o.count == count
+                   and can_run(o, needed)), key=lambda o: o.usd_per_hour)
 
 
 def local_rate() -> tuple[float, str]:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanolaunch import prices
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from trainer import settings
@@ -62,13 +63,13 @@ def envs(config: RunConfig, opts: RunOptions) -> dict[str, str]:
     return {**settings.to_env(config.train), MASTER_PORT_ENV: str(opts.master_port)}
 
 
-def gpu_resources(gpu: str, count: int, spot: bool) -> dict:
+def gpu_resources(gpu: str, count: int, spot: bool, needed: frozenset[str]) -> dict:
     """Exactly these GPUs, as the plan priced them: one candidate per known node type (SkyPilot's optimizer
     picks the cheapest enabled one, and fails over among them). A bare `H100` would let SkyPilot pick a
-    PCIe card on RunPod or Lambda, slower than the SXM part the plan assumed."""
-    from nanolaunch import prices
+    PCIe card on RunPod or Lambda, slower than the SXM part the plan assumed. Only clouds that can run the
+    task (mount the bucket, join several nodes, sell spot) are candidates, as only they were priced."""
 
-    offers = [o for o in prices.offers_for(gpu, count) if o.spot_usd_per_hour or not spot]
+    offers = [o for o in prices.offers_for(gpu, count, needed) if o.spot_usd_per_hour or not spot]
     if not offers:  # a GPU we hold no prices for: ask SkyPilot by name
         return {"accelerators": f"{gpu}:{count}"}
     return {"any_of": [{"infra": o.cloud, "instance_type": o.instance_type,
@@ -82,7 +83,8 @@ def render(config: RunConfig, opts: RunOptions, name: str = "nanolaunch") -> dic
     task["workdir"] = str(REPO)
     task["num_nodes"] = config.nodes
     resources = ({"cpus": "2+"} if config.on_cpu
-                 else gpu_resources(config.accelerator.name, config.gpus_per_node, config.spot))
+                 else gpu_resources(config.accelerator.name, config.gpus_per_node, config.spot,
+                                    prices.needs(nodes=config.nodes, spot=config.spot, bucket=bool(opts.bucket))))
     resources["disk_size"] = opts.disk_size
     if config.spot:
         resources["use_spot"] = True
@@ -94,7 +96,7 @@ def render(config: RunConfig, opts: RunOptions, name: str = "nanolaunch") -> dic
     if opts.bucket:
         task["file_mounts"] = {STORE: {"name": opts.bucket, "mode": "MOUNT_CACHED"}}
     else:
-        del task["file_mounts"], task["secrets"]
+        del task["file_mounts"]
     filled = envs(config, opts)  # in the settings' order; the template's defaults only where nothing is set
     task["envs"] = {**filled, **{k: v for k, v in task["envs"].items() if k not in filled}}
     return task

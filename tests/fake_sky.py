@@ -108,6 +108,8 @@ class FakeSky:
 
     def _job_queue(self, refresh, skip_finished=False, job_ids=None, **kw):
         self.calls.append(("jobs.queue_v2",))
+        if not self.managed:  # as SkyPilot: no managed job yet, so no jobs controller to ask
+            return self._request(self.real.exceptions.ClusterNotUpError("Jobs controller is not up"))
         return self._request(([{"job_id": j, "job_name": t.name, "status": "RUNNING", "recovery_count": 0,
                                 "submitted_at": 0} for j, t in self.managed.items()], len(self.managed), {}, 0))
 

@@ -4,7 +4,6 @@ Launch, stream, result, ledger, teardown; a probe sweep on one cluster; spot pre
 resume; the budget stop; Ctrl-C then teardown; SkyPilot's errors as one line; status, down and logs.
 """
 import dataclasses
-import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -197,7 +196,7 @@ def test_status_logs_and_down(env, tmp_path, monkeypatch):
     row = skypilot.run(request(iterations=6))
     # Its cluster still up, as when a launcher dies before teardown: the same task on the same cluster.
     task = yaml.safe_load((skypilot.run_dir(row["id"]) / "task.yaml").read_text())
-    job_id = skypilot.launch(skypilot.to_task(task), row["cluster"])
+    job_id, _ = skypilot.launch(skypilot.to_task(task), row["cluster"])
     runner = CliRunner()
     shown = runner.invoke(app, ["status", "--json"])
     assert shown.exit_code == 0, shown.output
@@ -211,6 +210,12 @@ def test_status_logs_and_down(env, tmp_path, monkeypatch):
     assert Ledger().get(row["id"])["status"] == "ok"  # a finished row stays as it was
 
 
-def test_no_api_server_was_started():
-    found = subprocess.run(["pgrep", "-f", "sky.server.server"], capture_output=True, text=True)
-    assert found.returncode == 1, found.stdout
+def test_status_without_a_jobs_controller_lists_the_clusters(env, tmp_path, monkeypatch):
+    """`nanolaunch status` crashed for anyone who never ran a managed job (jobs.queue_v2: ClusterNotUpError)."""
+    import json
+
+    fake = install(monkeypatch, tmp_path)
+    fake.clusters["nl-9"] = []
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["name"] for r in json.loads(result.stdout)] == ["nl-9"]

@@ -9,6 +9,9 @@ def test_snapshot_has_the_design_reference_prices():
     assert spot is not None and spot.spot_usd_per_hour < offer.usd_per_hour
     assert "2026-11-21" in offer.source
     assert prices.cheapest("H100", 8)[0].usd_per_hour == 26.32  # RunPod
+    # which cannot mount a bucket: a nanolaunch cloud run lands on Lambda, and the plan says so
+    assert prices.cheapest("H100", 8, prices.needs(nodes=1))[0].usd_per_hour == 31.92
+    assert prices.cheapest("H100", 8, prices.needs(nodes=2))[0].cloud != "runpod"
 
 
 def test_skypilot_cache_wins_and_is_named(tmp_path, monkeypatch):

@@ -65,8 +65,9 @@ def test_skypilot_optimizer_picks_the_instance_the_plan_priced(tmp_path):
     result = json.loads(out.stdout)
     chosen, plan = result["skypilot"], result["plan"]
     # SXM H100s only, as the plan assumed: RunPod's cheaper PCIe H100 (also called H100 by SkyPilot) is not a candidate
-    cheapest = min((r for r in rows if r["accelerator"] == "H100" and r["accelerator_count"] == "1"),
-                   key=lambda r: float(r["usd_per_hour"]))
+    # and only clouds that can mount the run's bucket: RunPod cannot (SkyPilot would block it at provisioning)
+    cheapest = min((r for r in rows if r["accelerator"] == "H100" and r["accelerator_count"] == "1"
+                    and r["cloud"] != "runpod"), key=lambda r: float(r["usd_per_hour"]))
     assert min(float(r["usd_per_hour"]) for r in rows if r["accelerator"] == "H100-PCIe") < chosen["usd_per_hour"]
     assert (chosen["instance_type"], chosen["spot"]) == (cheapest["instance_type"], False)
     assert chosen["usd_per_hour"] == plan["usd_per_hour"] == float(cheapest["usd_per_hour"])

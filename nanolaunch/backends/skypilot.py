@@ -15,6 +15,7 @@ import contextlib
 import copy
 import io
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,11 @@ from nanolaunch.task import RunOptions, default_bucket, render, store_paths
 from trainer.events import EXIT_STATUS
 
 PREFIX = "nl-"  # every cluster and managed job nanolaunch starts is named nl-<run id>
+# sky.exceptions.JobExitCode: what tail_logs returns, the job's state and never its exit code
+SKY_JOB_CODES = {0: "SUCCEEDED", 100: "FAILED", 101: "NOT_FINISHED", 102: "NOT_FOUND", 103: "CANCELLED"}
+SKY_JOB_CANCELLED = 103
+# The run command's real exit codes, printed by SkyPilot's job epilogue (sky/backends/task_codegen.py)
+JOB_FAILED = re.compile(r"Job \d+ failed with return code list:(?:\x1b\[[0-9;]*m)?\s*\[([0-9, ]*)\]")
 
 
 # -- the SDK --------------------------------------------------------------------------------
@@ -115,21 +121,31 @@ def _wait(request_id):
 
 
 # -- clusters (on-demand runs and probe sweeps) -----------------------------------------------------------
-def launch(task, cluster: str) -> int:
-    """Provision (or reuse) `cluster` and submit `task`; every cluster downs itself when idle."""
+def launch(task, cluster: str):
+    """Provision (or reuse) `cluster` and submit `task`; every cluster downs itself when idle.
+    Returns (job id, the cluster's handle: what SkyPilot really launched)."""
     sky = sdk()
     with errors(f"launching {cluster}"):
-        job_id, _ = _wait(sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=_idle(task), down=True,
-                                     retry_until_up=False))
-    return job_id
+        return _wait(sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=_idle(task), down=True,
+                                retry_until_up=False))
 
 
-def exec_on(task, cluster: str) -> int:
-    """Submit `task` to an existing cluster (the next probe of a sweep): no provisioning, no setup."""
+def launched_price(handle) -> tuple[float, str] | None:
+    """$/hour of what SkyPilot launched (all nodes) and its name, from the cluster's handle; None if unknown."""
+    resources = getattr(handle, "launched_resources", None)
+    if resources is None:
+        return None
+    nodes = getattr(handle, "launched_nodes", 1) or 1
+    return (resources.get_cost(3600) * nodes,
+            f"launched: {nodes}× {resources.cloud} {resources.instance_type} ({resources.region})")
+
+
+def exec_on(task, cluster: str):
+    """Submit `task` to an existing cluster (the next probe of a sweep): no provisioning, no setup.
+    Returns (job id, handle)."""
     sky = sdk()
     with errors(f"running on {cluster}"):
-        job_id, _ = _wait(sky.exec(task, cluster_name=cluster))
-    return job_id
+        return _wait(sky.exec(task, cluster_name=cluster))
 
 
 def tail(cluster: str, job_id: int, stream: TextIO) -> int | None:
@@ -180,7 +196,10 @@ def job_cancel(job_id: int) -> None:
 def jobs(prefix: str, active_only: bool = False) -> list[dict[str, Any]]:
     sky = sdk()
     with errors("listing managed jobs"):
-        records = sky.get(sky.jobs.queue_v2(refresh=False, skip_finished=active_only))[0]
+        try:
+            records = sky.get(sky.jobs.queue_v2(refresh=False, skip_finished=active_only))[0]
+        except sky.exceptions.ClusterNotUpError:  # no jobs controller: no managed job was ever launched
+            return []
     return [_pick(r, "job_id", "job_name", "status", "recovery_count", "job_duration", "submitted_at", "end_at")
             for r in records if str(_field(r, "job_name")).startswith(prefix)]
 
@@ -249,8 +268,13 @@ class Follower:
         self.starts = 0
         self.known_starts = known_starts  # starts already in the ledger (a reattach replays the whole log)
         self.log_path = run_dir(run_id) / LOG_NAME
+        self.job_exit_code: int | None = None  # the run command's own code, as SkyPilot's job epilogue prints it
 
     def __call__(self, line: str) -> None:
+        failed = JOB_FAILED.search(line)
+        if failed:
+            codes = [int(c) for c in re.findall(r"\d+", failed.group(1))]
+            self.job_exit_code = next((c for c in codes if c != 137), codes[0] if codes else None)
         last_step = self.state.last_step
         event = self.state.feed(line)
         if event is None:
@@ -290,7 +314,7 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
     Each row is finished when its job ends, except the last, which also pays for the teardown. `stop`
     sees the rows so far after each job (the last one still open) and ends the sweep early."""
     ledger = ledger or Ledger()
-    ids, cluster, last = [], None, None
+    ids, cluster, last, price = [], None, None, None
     try:
         for i, req in enumerate(reqs):
             if last is not None:
@@ -310,11 +334,14 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
                 with follower.display:
                     ledger.add_event(run_id, "launch" if i == 0 else "submit", cluster)
                     follower.display.status("provisioning" if i == 0 else "submitting")
-                    job_id = launch(task, cluster) if i == 0 else exec_on(task, cluster)
+                    job_id, handle = launch(task, cluster) if i == 0 else exec_on(task, cluster)
+                    price = launched_price(handle) or price
                     ledger.update(run_id, sky_job_id=job_id)
+                    if price:  # the price of what really runs, not the plan's guess: the cost is counted at it
+                        ledger.update(run_id, usd_per_hour=price[0], price_source=price[1])
                     follower.display.status("running")
                     code = tail(cluster, job_id, sink)
-                last = (run_id, *_outcome(follower.state, code))
+                last = (run_id, *_outcome(follower, code))
             except KeyboardInterrupt:
                 last = (run_id, "cancelled", {**_partial(follower.state), "error": "interrupted; cluster torn down"})
                 raise
@@ -353,7 +380,7 @@ def _managed(req: Request, ledger: Ledger) -> dict:
             ledger.update(run_id, sky_job_id=job_id)
             follower.display.status("running")
             code = job_tail(job_id, sink)
-        status, result = _outcome(follower.state, code)
+        status, result = _outcome(follower, code)
     except KeyboardInterrupt:
         status, result = "cancelled", {**_partial(follower.state), "error": "interrupted: managed job cancelled"}
         if job_id is not None:
@@ -380,7 +407,7 @@ class Reattached(Follower):
         row = self.ledger.get(self.run_id)
         if row["status"] != "running" or launcher_alive:
             return
-        status, result = _outcome(self.state, code)
+        status, result = _outcome(self, code)
         if not row["managed"]:
             _down(self.ledger, self.run_id, row["cluster"])
         self.ledger.finish(self.run_id, status, result)
@@ -399,12 +426,30 @@ def _prepare(ledger: Ledger, run_id: int, req: Request, plan: dict, managed: boo
     return to_task(task, secrets_from_env()), follower, LogSink(folder / LOG_NAME, follower)
 
 
-def _outcome(state: RunState, code: int | None) -> tuple[str, dict]:
-    """The trainer's own result when it reported one, else what its exit code means."""
+def _outcome(follower: Follower, code: int | None) -> tuple[str, dict]:
+    """The trainer's own result when it reported one; else the run command's exit code from SkyPilot's log
+    line (`code` is SkyPilot's job status code, 0/100/101/102/103, never the job's), with the log's tail."""
+    state = follower.state
     if state.result is not None:
         return state.result["status"], dict(state.result)
-    status = EXIT_STATUS.get(code, "crashed")
-    return status, {"error": f"the job ended (exit {code}) without a result; see the log"} if status != "ok" else {}
+    job = follower.job_exit_code
+    if job is not None:
+        status, why = EXIT_STATUS.get(job, "crashed"), f"exit {job}"
+    elif code == SKY_JOB_CANCELLED:
+        status, why = "cancelled", "SkyPilot cancelled the job"
+    elif code == 0:
+        status, why = "crashed", "the job succeeded but the trainer reported no result"
+    else:
+        status, why = "crashed", f"SkyPilot job status {SKY_JOB_CODES.get(code, code)}"
+    return status, {**_partial(state), "error": f"{why}: {_tail(follower.log_path)}"}
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:])[-1000:]
 
 
 def _figures(result: dict) -> dict:

@@ -10,7 +10,7 @@ def prices(as_json: JsonOpt = False) -> None:
     rows = []
     for gpu in gpus.GPUS.values():
         for count in (1, 8):
-            offer, spot = price_data.cheapest(gpu.name, count)
+            offer, spot = price_data.cheapest(gpu.name, count, price_data.needs(nodes=1))
             rows.append({"gpu": gpu.name, "description": gpu.description, "memory_gib": gpu.memory_gib,
                          "peak_bf16_tflops": gpu.peak_bf16_tflops, "count": count,
                          "usd_per_hour": offer.usd_per_hour if offer else None,
