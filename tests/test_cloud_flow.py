@@ -122,6 +122,10 @@ def test_spot_run_is_preempted_recovers_and_resumes(env, tmp_path, monkeypatch):
     assert "ok (1 recovery)" in listed.output
     shown = CliRunner().invoke(app, ["show", str(row["id"])])
     assert "preempted after step 5" in shown.output and "recovered resumed from step 5" in shown.output
+    # reattaching replays only what SkyPilot still has; it used to overwrite train.log with it
+    assert CliRunner().invoke(app, ["logs", str(row["id"])]).exit_code == 0
+    folder = env / "runs" / f"{row['id']:05d}"
+    assert (folder / "train.log").read_text() == log and '"event": "start"' in (folder / "reattach-1.log").read_text()
 
 
 def test_trainer_stops_itself_at_the_budget(env, tmp_path, monkeypatch):

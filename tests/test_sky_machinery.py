@@ -86,7 +86,7 @@ def test_the_upload_flush_runs_and_the_trainers_exit_code_survives_it(trainer_ex
     done = subprocess.run(["bash", "-c", script], env={**node, "TRAINER_EXIT": str(trainer_exit),
                                                        "SKYPILOT_NUM_NODES": "1", "SKYPILOT_NUM_GPUS_PER_NODE": "1",
                                                        "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "127.0.0.1",
-                                                       "NL_MASTER_PORT": "29500"},
+                                                       "NL_MASTER_PORT": "29500", "NL_PYTHON": "python"},
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert "trainer-ran" in done.stdout
     assert "cached mount upload complete" in done.stdout, done.stdout + done.stderr
@@ -95,7 +95,7 @@ def test_the_upload_flush_runs_and_the_trainers_exit_code_survives_it(trainer_ex
 
 def test_the_old_run_command_skipped_the_flush(node):
     old_run = "set -euo pipefail\npython -m torch.distributed.run -m trainer.train\n"
-    done = subprocess.run(["bash", "-c", job_script(old_run)], env={**node, "TRAINER_EXIT": "3"},
+    done = subprocess.run(["bash", "-c", job_script(old_run)], env={**node, "TRAINER_EXIT": "3", "NL_PYTHON": "python"},
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert done.returncode == 3 and "upload complete" not in done.stdout
 
@@ -169,3 +169,23 @@ def test_the_plan_prices_the_cloud_that_can_run_the_task():
     assert "runpod" not in {c["infra"] for c in task["resources"]["any_of"]}
     two = planner.plan(config.replace(nodes=2), rank_alternatives=False)
     assert two["usd_per_hour"] == 2 * 31.92
+
+
+def test_a_node_gets_the_pinned_trainer_environment_on_python_3_11(tmp_path):
+    """The setup used the node's own Python and the newest torch; rustbpe 0.1.0 ships a CPython 3.11 wheel
+    only. Here a recording `uv` stands in at the place SkyPilot installs it on every node."""
+    uv = tmp_path / ".local" / "bin" / "uv"
+    uv.parent.mkdir(parents=True)
+    uv.write_text('#!/bin/sh\necho "uv $* VIRTUAL_ENV=$VIRTUAL_ENV" >> "$HOME/uv-calls"\n')
+    uv.chmod(0o755)
+    setup = cloud_task()["setup"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NL_")}
+    done = subprocess.run(["bash", "-c", setup], cwd=Path(__file__).resolve().parent.parent,
+                          env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "uv-calls").read_text().splitlines()
+    venv = tmp_path / "nl-venv"
+    assert calls == [f"uv venv --quiet --allow-existing --python 3.11 {venv} VIRTUAL_ENV=",
+                     f"uv pip install --quiet -r trainer/requirements.txt VIRTUAL_ENV={venv}"]
+    pins = (Path(__file__).resolve().parent.parent / "trainer" / "requirements.txt").read_text()
+    assert "torch==" in pins and "rustbpe==" in pins

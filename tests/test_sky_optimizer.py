@@ -23,6 +23,13 @@ import sys
 import sky, sky.check
 # No credentials here: say Lambda and RunPod are enabled, as `sky check` would on a configured machine.
 sky.check.get_cached_enabled_clouds_or_refresh = lambda *a, **k: [sky.Lambda(), sky.RunPod()]
+# SkyPilot logs while it optimizes (e.g. a cloud it blocks); its handlers hold the stdout of their import.
+from sky import sky_logging
+_optimize = sky.Optimizer.optimize
+def optimize(*a, **k):
+    sky_logging.init_logger("sky.optimizer").warning("SKYPILOT-LOG-LINE")
+    return _optimize(*a, **k)
+sky.Optimizer.optimize = optimize
 from nanolaunch.cli import main
 sys.argv = ["nanolaunch", *sys.argv[1:]]
 main()
@@ -62,7 +69,8 @@ def test_skypilot_optimizer_picks_the_instance_the_plan_priced(tmp_path):
     out = subprocess.run([sys.executable, "-c", DRIVER, "run", "d34", "--ratio", "40", "--dryrun", "--json"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    result = json.loads(out.stdout)
+    result = json.loads(out.stdout)  # SkyPilot's own log lines went to stderr
+    assert "SKYPILOT-LOG-LINE" in out.stderr and "SKYPILOT-LOG-LINE" not in out.stdout
     chosen, plan = result["skypilot"], result["plan"]
     # SXM H100s only, as the plan assumed: RunPod's cheaper PCIe H100 (also called H100 by SkyPilot) is not a candidate
     # and only clouds that can mount the run's bucket: RunPod cannot (SkyPilot would block it at provisioning)

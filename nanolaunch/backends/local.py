@@ -68,8 +68,8 @@ def environment(task: dict, gpus_per_node: int) -> dict[str, str]:
     env = {**inherited, **task["envs"], **single_node_env(gpus_per_node), "PYTHONUNBUFFERED": "1"}
     # torchrun sets OMP_NUM_THREADS=1 when unset; on a CPU that makes training many times slower.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // gpus_per_node)))
-    # `python` in the task means this interpreter: the one nanolaunch (and torch) is installed in.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # The trainer runs in this interpreter: the one nanolaunch (and torch) is installed in.
+    env["NL_PYTHON"] = sys.executable
     return env
 
 

@@ -99,13 +99,30 @@ def optimize(task) -> dict[str, Any]:
     from sky.utils import annotations
 
     annotations.is_on_api_server = False  # we are the client: plain progress output, not server payloads
-    with errors("choosing an instance"), contextlib.redirect_stdout(sys.stderr):  # stdout stays --json's
+    with errors("choosing an instance"), _stdout_to_stderr():  # stdout stays --json's
         with sky.Dag() as dag:
             dag.add(task)
         sky.Optimizer.optimize(dag, minimize=sky.OptimizeTarget.COST, quiet=True)
     best = task.best_resources
     return {"cloud": str(best.cloud), "instance_type": best.instance_type, "region": best.region,
             "spot": bool(best.use_spot), "nodes": task.num_nodes, "usd_per_hour": best.get_cost(3600) * task.num_nodes}
+
+
+@contextmanager
+def _stdout_to_stderr():
+    """print() and SkyPilot's loggers, whose handlers hold sys.stdout from their import, write to stderr."""
+    import logging
+
+    moved = [h for name in ("sky", "") for h in logging.getLogger(name).handlers
+             if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
+    for h in moved:
+        h.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for h in moved:
+            h.setStream(sys.stdout)
 
 
 def _wait(request_id):

@@ -129,8 +129,12 @@ def logs(
         from nanolaunch.backends.skypilot import LogSink, reattached
 
         follower = reattached(db, row)
-        sink = LogSink(follower.log_path, lambda line: (print(line, file=stream, flush=True), follower(line)),
-                       mode="w")
+        # Its own file: SkyPilot replays only what it still has (a managed job: the latest attempt), and
+        # train.log holds every attempt the launcher saw.
+        n = 1
+        while (path := follower.log_path.with_name(f"reattach-{n}.log")).exists():
+            n += 1
+        sink = LogSink(path, lambda line: (print(line, file=stream, flush=True), follower(line)), mode="w")
         try:
             code = (skypilot.job_tail(row["sky_job_id"], sink) if row["managed"]
                     else skypilot.tail(row["cluster"], row["sky_job_id"], sink))
