@@ -7,6 +7,7 @@ flat, as a preset's [config] table reads.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,8 @@ from trainer import settings
 from trainer.arithmetic import ModelShape
 from trainer.settings import SettingError, TrainConfig
 
-LAUNCHER_FIELDS = ("gpu", "nodes", "spot")
+LAUNCHER_FIELDS = ("gpu", "nodes", "spot", "infra")
+SLURM = "slurm"
 
 
 class ConfigError(NanolaunchError):
@@ -29,6 +31,7 @@ class RunConfig:
     gpu: str = "H100:1"  # KIND[:COUNT per node], SkyPilot accelerator names, or "cpu"
     nodes: int = 1
     spot: bool = False
+    infra: str | None = None  # SkyPilot's infra: None for any enabled cloud, "aws", "slurm/NAME", ...
     accelerator: gpus.GPU = field(init=False, repr=False, compare=False)
     gpus_per_node: int = field(init=False, repr=False, compare=False)
 
@@ -41,6 +44,10 @@ class RunConfig:
             raise ConfigError(f"nodes must be a whole number of at least 1, got {self.nodes!r}")
         if not isinstance(self.spot, bool):
             raise ConfigError(f"spot must be true or false, got {self.spot!r}")
+        if self.infra is not None and not re.fullmatch(r"[a-z0-9-]+(/[A-Za-z0-9_.*-]+)*", str(self.infra)):
+            raise ConfigError(f"infra must look like slurm/NAME, aws or gcp/REGION, got {self.infra!r}")
+        if self.on_slurm(self.infra) and self.spot:
+            raise ConfigError("spot: a Slurm cluster has no spot nodes")
         try:
             kind, per_node = gpus.parse_gpu_spec(self.gpu)
         except NanolaunchError as e:
@@ -49,6 +56,15 @@ class RunConfig:
         object.__setattr__(self, "gpu", canonical)
         object.__setattr__(self, "accelerator", kind)
         object.__setattr__(self, "gpus_per_node", per_node)
+
+    @staticmethod
+    def on_slurm(infra: str | None) -> bool:
+        return bool(infra) and infra.split("/")[0] == SLURM
+
+    @property
+    def slurm(self) -> bool:
+        """Runs on a Slurm cluster through SkyPilot: storage is a shared path, not a bucket."""
+        return self.on_slurm(self.infra)
 
     @property
     def on_cpu(self) -> bool:
@@ -82,7 +98,7 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """The recipe (no per-run paths or budgets) and the launcher fields, None included."""
-        return {**self.train.recipe(), "gpu": self.gpu, "nodes": self.nodes, "spot": self.spot}
+        return {**self.train.recipe(), **{k: getattr(self, k) for k in LAUNCHER_FIELDS}}
 
     @classmethod
     def build(cls, **values: Any) -> "RunConfig":

@@ -100,8 +100,10 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         eval_s = n_evals * config.train.eval_tokens * shape.flops_per_token / 3 / cluster_flops  # forward only: 1/3
         wall_h = (train_s + eval_s + (startup_s or 0)) / 3600
 
-    if local:
+    if local or config.slurm:  # this machine, or your own cluster: the rate you set
         rate, price_source = prices.local_rate()
+        if config.slurm:
+            price_source = f"{config.infra}: {price_source}"
         on_demand_rate, spot_rate = rate, None
     else:
         # a cloud run mounts its bucket; several nodes need a cloud that can join them
@@ -130,7 +132,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         "cost_usd": _cost(wall_h, on_demand_rate), "cost_usd_spot": _cost(wall_h, spot_rate),
         "warnings": warnings,
     }
-    if rank_alternatives and not local:
+    if rank_alternatives and not local and not config.slurm:
         result["ranking"] = rank_gpus(config, mfu=mfu)
     return result
 

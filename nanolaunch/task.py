@@ -31,25 +31,71 @@ class RunOptions:
     """Where and how the task runs, beyond the trainer's settings (those travel in RunConfig.train)."""
     master_port: int = 29500
     bucket: str | None = None  # cloud runs: the bucket mounted at STORE; None runs locally, without mounts
+    node_python: str | None = None  # a Python with the trainer's packages on every node (NL_PYTHON): skips setup
     managed: bool = False  # a managed job (spot runs): SkyPilot recovers it after preemption
     disk_size: int = 256
 
 
 def default_bucket() -> str:
-    """$NANOLAUNCH_BUCKET, else one bucket per user (bucket names are global, so the user name is in it)."""
+    """$NANOLAUNCH_BUCKET, else this installation's own bucket: bucket names are global, and `nanolaunch-root`
+    or `nanolaunch-ubuntu` would be someone else's. A random suffix, drawn once, is kept in NANOLAUNCH_HOME."""
     import getpass
     import re
+    import secrets
 
-    name = os.environ.get(BUCKET_ENV) or f"nanolaunch-{getpass.getuser()}"
+    from nanolaunch.presets import home
+
+    name = os.environ.get(BUCKET_ENV)
+    if not name:
+        path = home() / "bucket-suffix"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".bucket-suffix.{os.getpid()}")
+            tmp.write_text(secrets.token_hex(4) + "\n")
+            try:
+                os.link(tmp, path)  # the first writer wins; a concurrent one reads its suffix
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        name = f"nanolaunch-{getpass.getuser()}-{path.read_text().strip()}"
     name = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
     if not 3 <= len(name) <= 63:
         raise NanolaunchError(f"bucket name {name!r} must be 3–63 characters; set {BUCKET_ENV}")
     return name
 
 
+SHARED_STORE_ENV = "NANOLAUNCH_SHARED_STORE"
+NODE_PYTHON_ENV = "NANOLAUNCH_NODE_PYTHON"
+
+
+def shared_store() -> str:
+    """A Slurm cluster's storage: a path every node sees (a shared filesystem), $NANOLAUNCH_SHARED_STORE or
+    ~/nanolaunch-store, home directories being shared on most clusters."""
+    path = os.environ.get(SHARED_STORE_ENV) or os.path.expanduser("~/nanolaunch-store")
+    if not os.path.isabs(path):
+        raise NanolaunchError(f"{SHARED_STORE_ENV} must be an absolute path on the cluster's shared filesystem, "
+                              f"got {path!r}")
+    return path
+
+
 def store_paths(run_id: int, data_source: str) -> tuple[str, str]:
     """(run dir, data dir) inside the bucket: the data cache and tokenizer are shared by every run."""
     return f"{STORE}/runs/{run_id:05d}", f"{STORE}/data/{data_source}"
+
+
+def placement(config: RunConfig, run_name: str, *, managed: bool = False,
+              bucket: str | None = None) -> tuple[str, str, RunOptions]:
+    """(run dir, data dir, options) of a SkyPilot run: on Slurm under the cluster's shared path, on the clouds
+    in a bucket mounted at STORE. $NANOLAUNCH_NODE_PYTHON names a ready Python on every node (skips setup)."""
+    python = os.environ.get(NODE_PYTHON_ENV) or None
+    source = config.train.data_source
+    if config.slurm:
+        root = shared_store()
+        return (f"{root}/runs/{run_name}", f"{root}/data/{source}",
+                RunOptions(managed=managed, node_python=python))
+    return (f"{STORE}/runs/{run_name}", f"{STORE}/data/{source}",
+            RunOptions(bucket=bucket or default_bucket(), managed=managed, node_python=python))
 
 
 def load_template() -> dict:
@@ -60,19 +106,21 @@ def load_template() -> dict:
 
 def envs(config: RunConfig, opts: RunOptions) -> dict[str, str]:
     """Every trainer setting that has a value as its NL_* variable (SkyPilot envs are strings), and the port."""
-    return {**settings.to_env(config.train), MASTER_PORT_ENV: str(opts.master_port)}
+    extra = {"NL_PYTHON": opts.node_python} if opts.node_python else {}
+    return {**settings.to_env(config.train), MASTER_PORT_ENV: str(opts.master_port), **extra}
 
 
-def gpu_resources(gpu: str, count: int, spot: bool, needed: frozenset[str]) -> dict:
+def gpu_resources(gpu: str, count: int, spot: bool, needed: frozenset[str], infra: str | None = None) -> dict:
     """Exactly these GPUs, as the plan priced them: one candidate per known node type (SkyPilot's optimizer
     picks the cheapest enabled one, and fails over among them). A bare `H100` would let SkyPilot pick a
     PCIe card on RunPod or Lambda, slower than the SXM part the plan assumed. Only clouds that can run the
     task (mount the bucket, join several nodes, sell spot) are candidates, as only they were priced."""
-
-    offers = [o for o in prices.offers_for(gpu, count, needed) if o.spot_usd_per_hour or not spot]
+    cloud = infra.split("/")[0] if infra else None
+    offers = [o for o in prices.offers_for(gpu, count, needed) if (o.spot_usd_per_hour or not spot)
+              and cloud in (None, o.cloud)]
     if not offers:  # a GPU we hold no prices for: ask SkyPilot by name
         return {"accelerators": f"{gpu}:{count}"}
-    return {"any_of": [{"infra": o.cloud, "instance_type": o.instance_type,
+    return {"any_of": [{"infra": infra or o.cloud, "instance_type": o.instance_type,
                         "accelerators": f"{o.sky_accelerator}:{count}"} for o in offers]}
 
 
@@ -82,10 +130,17 @@ def render(config: RunConfig, opts: RunOptions, name: str = "nanolaunch") -> dic
     task["name"] = name
     task["workdir"] = str(REPO)
     task["num_nodes"] = config.nodes
-    resources = ({"cpus": "2+"} if config.on_cpu
-                 else gpu_resources(config.accelerator.name, config.gpus_per_node, config.spot,
-                                    prices.needs(nodes=config.nodes, spot=config.spot, bucket=bool(opts.bucket))))
-    resources["disk_size"] = opts.disk_size
+    if config.slurm:  # the cluster's own partitions: no node types, no disk size to choose
+        resources = {"infra": config.infra}
+        resources.update({"cpus": "2+"} if config.on_cpu else {"accelerators": config.gpu})
+    else:
+        resources = ({"cpus": "2+"} if config.on_cpu
+                     else gpu_resources(config.accelerator.name, config.gpus_per_node, config.spot,
+                                        prices.needs(nodes=config.nodes, spot=config.spot, bucket=bool(opts.bucket)),
+                                        config.infra))
+        if config.infra and "any_of" not in resources:
+            resources["infra"] = config.infra
+        resources["disk_size"] = opts.disk_size
     if config.spot:
         resources["use_spot"] = True
     if opts.managed:  # SkyPilot recovers it after preemption and cleans its clusters up itself

@@ -46,7 +46,8 @@ class FakeSky:
         self._requests[rid] = value
         return rid
 
-    def stream_and_get(self, request_id):
+    def stream_and_get(self, request_id, log_path=None, tail=None, follow=True, output_stream=None,
+                       relay_rich_status=False):
         value = self._requests.pop(request_id)
         if isinstance(value, BaseException):
             raise value

@@ -189,3 +189,15 @@ def test_a_node_gets_the_pinned_trainer_environment_on_python_3_11(tmp_path):
                      f"uv pip install --quiet -r trainer/requirements.txt VIRTUAL_ENV={venv}"]
     pins = (Path(__file__).resolve().parent.parent / "trainer" / "requirements.txt").read_text()
     assert "torch==" in pins and "rustbpe==" in pins
+
+
+def test_a_failed_setup_is_said_with_its_exit_code(tmp_path, monkeypatch):
+    from nanolaunch.ledger import Ledger
+
+    monkeypatch.setenv("NANOLAUNCH_HOME", str(tmp_path))
+    ledger = Ledger()
+    follower = skypilot.Follower(ledger, ledger.add(project="t", title="t", kind="run", config={}, backend="sky",
+                                                    status="running"), None)
+    follower("ERROR: \x1b[31mJob 1's setup failed with return code 1 (pid=13720). See error logs above.\x1b[0m")
+    status, result = skypilot._outcome(follower, 100)
+    assert status == "crashed" and result["error"].startswith("setup failed (exit 1): ")

@@ -99,3 +99,17 @@ def test_two_nodes_rendezvous_from_the_skypilot_variables(tmp_path):
     assert len(start) == 1 and '"world_size": 2' in start[0] and '"grad_accum": 1' in start[0]
     assert '"event": "result"' in outputs[0].stdout and '"status": "ok"' in outputs[0].stdout
     assert '"event"' not in outputs[1].stdout  # only global rank 0 speaks
+
+
+def test_the_default_bucket_is_this_installations_own(tmp_path, monkeypatch):
+    """`nanolaunch-<user>` collided: bucket names are global, and root or ubuntu is everyone's user name."""
+    from nanolaunch.task import default_bucket
+
+    monkeypatch.delenv("NANOLAUNCH_BUCKET", raising=False)
+    monkeypatch.setenv("NANOLAUNCH_HOME", str(tmp_path / "a"))
+    first = default_bucket()
+    assert first == default_bucket()  # kept: checkpoints of earlier runs stay found
+    monkeypatch.setenv("NANOLAUNCH_HOME", str(tmp_path / "b"))
+    assert default_bucket() != first and len(first) <= 63
+    monkeypatch.setenv("NANOLAUNCH_BUCKET", "My_Bucket")
+    assert default_bucket() == "my-bucket"

@@ -27,7 +27,7 @@ from nanolaunch.events import RunState
 from nanolaunch.launch import Display, LiveRow, Request, derived, for_run, open_row, write_task
 from nanolaunch.ledger import Ledger
 from nanolaunch.runs import LOG_NAME, run_dir
-from nanolaunch.task import RunOptions, default_bucket, render, store_paths
+from nanolaunch.task import placement, render
 from trainer.events import EXIT_STATUS
 
 PREFIX = "nl-"  # every cluster and managed job nanolaunch starts is named nl-<run id>
@@ -36,6 +36,7 @@ SKY_JOB_CODES = {0: "SUCCEEDED", 100: "FAILED", 101: "NOT_FINISHED", 102: "NOT_F
 SKY_JOB_CANCELLED = 103
 # The run command's real exit codes, printed by SkyPilot's job epilogue (sky/backends/task_codegen.py)
 JOB_FAILED = re.compile(r"Job \d+ failed with return code list:(?:\x1b\[[0-9;]*m)?\s*\[([0-9, ]*)\]")
+SETUP_FAILED = re.compile(r"Job \d+'s setup failed with return code (\d+)")
 
 
 # -- the SDK --------------------------------------------------------------------------------
@@ -67,10 +68,12 @@ def secrets_from_env() -> dict[str, str]:
 
 @contextmanager
 def errors(what: str):
-    """SkyPilot's failures as the one line a user needs, for what people actually hit."""
+    """SkyPilot's failures as the one line a user needs, for what people actually hit. Its own output goes to
+    stderr: stdout is for nanolaunch's result (--json)."""
     exc = sdk().exceptions
     try:
-        yield
+        with _stdout_to_stderr():
+            yield
     except exc.NoCloudAccessError:
         raise NanolaunchError(f"{what}: no cloud is enabled for SkyPilot; run `sky check` to set one up") from None
     except exc.ResourcesUnavailableError as e:
@@ -99,7 +102,7 @@ def optimize(task) -> dict[str, Any]:
     from sky.utils import annotations
 
     annotations.is_on_api_server = False  # we are the client: plain progress output, not server payloads
-    with errors("choosing an instance"), _stdout_to_stderr():  # stdout stays --json's
+    with errors("choosing an instance"):
         with sky.Dag() as dag:
             dag.add(task)
         sky.Optimizer.optimize(dag, minimize=sky.OptimizeTarget.COST, quiet=True)
@@ -130,7 +133,7 @@ def _wait(request_id):
     otherwise a launch goes on provisioning there after we gave up, and our teardown queues behind it."""
     sky = sdk()
     try:
-        return sky.stream_and_get(request_id)
+        return sky.stream_and_get(request_id, output_stream=sys.stderr)
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):  # best effort: the teardown that follows still runs
             sky.get(sky.api_cancel(request_id, silent=True))
@@ -176,7 +179,7 @@ def down(cluster: str) -> bool:
     sky = sdk()
     with errors(f"tearing down {cluster}"):
         try:
-            sky.stream_and_get(sky.down(cluster))
+            sky.stream_and_get(sky.down(cluster), output_stream=sys.stderr)
         except sky.exceptions.ClusterDoesNotExist:
             return False
     return True
@@ -207,7 +210,7 @@ def job_tail(job_id: int, stream: TextIO) -> int | None:
 def job_cancel(job_id: int) -> None:
     sky = sdk()
     with errors(f"cancelling managed job {job_id}"):
-        sky.stream_and_get(sky.jobs.cancel(job_ids=[job_id]))
+        sky.stream_and_get(sky.jobs.cancel(job_ids=[job_id]), output_stream=sys.stderr)
 
 
 def jobs(prefix: str, active_only: bool = False) -> list[dict[str, Any]]:
@@ -286,8 +289,12 @@ class Follower:
         self.known_starts = known_starts  # starts already in the ledger (a reattach replays the whole log)
         self.log_path = run_dir(run_id) / LOG_NAME
         self.job_exit_code: int | None = None  # the run command's own code, as SkyPilot's job epilogue prints it
+        self.setup_exit_code: int | None = None
 
     def __call__(self, line: str) -> None:
+        setup = SETUP_FAILED.search(line)
+        if setup:
+            self.setup_exit_code = int(setup.group(1))
         failed = JOB_FAILED.search(line)
         if failed:
             codes = [int(c) for c in re.findall(r"\d+", failed.group(1))]
@@ -309,9 +316,9 @@ class Follower:
 
 def dryrun(req: Request, plan: dict) -> dict:
     """The run's task, validated by SkyPilot, and the instance SkyPilot's optimizer picks for it."""
-    remote_run, remote_data = store_paths(0, req.config.train.data_source)
+    remote_run, remote_data, opts = placement(req.config, "dryrun", managed=req.config.spot)
     config = for_run(req, plan, run_dir=remote_run, data_dir=remote_data)
-    task = render(config, RunOptions(bucket=default_bucket(), managed=req.config.spot), name=f"{PREFIX}dryrun")
+    task = render(config, opts, name=f"{PREFIX}dryrun")
     chosen = optimize(to_task(task))
     return {"name": task["name"], "nodes": task["num_nodes"], "accelerators": req.config.gpu,
             "skypilot": chosen, "plan": {k: plan[k] for k in ("usd_per_hour", "price_source", "wall_hours", "cost_usd")}}
@@ -432,9 +439,9 @@ class Reattached(Follower):
 
 def _prepare(ledger: Ledger, run_id: int, req: Request, plan: dict, managed: bool):
     """Fill the task for this run, keep a copy with its log, and build what follows its output."""
-    remote_run, remote_data = store_paths(run_id, req.config.train.data_source)
+    remote_run, remote_data, opts = placement(req.config, f"{run_id:05d}", managed=managed)
     config = for_run(req, plan, run_dir=remote_run, data_dir=remote_data)
-    task = render(config, RunOptions(bucket=default_bucket(), managed=managed), name=f"{PREFIX}{run_id}")
+    task = render(config, opts, name=f"{PREFIX}{run_id}")
     folder = run_dir(run_id)
     write_task(folder, task, config)
     ledger.update(run_id, run_dir=remote_run, log_path=str(folder / LOG_NAME))
@@ -450,7 +457,9 @@ def _outcome(follower: Follower, code: int | None) -> tuple[str, dict]:
     if state.result is not None:
         return state.result["status"], dict(state.result)
     job = follower.job_exit_code
-    if job is not None:
+    if follower.setup_exit_code is not None:
+        status, why = "crashed", f"setup failed (exit {follower.setup_exit_code})"
+    elif job is not None:
         status, why = EXIT_STATUS.get(job, "crashed"), f"exit {job}"
     elif code == SKY_JOB_CANCELLED:
         status, why = "cancelled", "SkyPilot cancelled the job"
@@ -461,12 +470,18 @@ def _outcome(follower: Follower, code: int | None) -> tuple[str, dict]:
     return status, {**_partial(state), "error": f"{why}: {_tail(follower.log_path)}"}
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+SKYPILOT_LINE = re.compile(r"srun: error|Job finished \(status|failed with return code|setup failed with return code")
+
+
 def _tail(path: Path, lines: int = 3) -> str:
+    """The last lines the job itself printed (SkyPilot's own status lines and colours left out)."""
     try:
-        text = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+        text = [ANSI.sub("", x).strip() for x in path.read_text(errors="replace").splitlines()]
     except OSError:
         return "(no log)"
-    return " | ".join(text[-lines:])[-1000:]
+    own = [x for x in text if x and not SKYPILOT_LINE.search(x)]
+    return " | ".join(own[-lines:])[-1000:] or "(no output)"
 
 
 def _figures(result: dict) -> dict:

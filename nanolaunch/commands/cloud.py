@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, IterationsOpt, JsonOpt, ModelArg,
-                                        NodesOpt, PresetOpt, RatioOpt, RunArg, SpotOpt, resolve)
+from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
+                                        ModelArg, NodesOpt, PresetOpt, RatioOpt, RunArg, SpotOpt, resolve)
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import Ledger, pid_alive
@@ -23,6 +23,7 @@ def yaml(
     batch: BatchOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
     gpu: GpuOpt = None,
+    infra: InfraOpt = None,
     nodes: NodesOpt = None,
     spot: SpotOpt = None,
     name: Annotated[str, typer.Option(help="Run folder name inside the bucket.")] = "manual",
@@ -31,14 +32,13 @@ def yaml(
 ) -> None:
     """Print the filled SkyPilot task: `sky launch` (or `sky jobs launch` with --spot) runs it by hand."""
     from nanolaunch.launch import Request, derived, for_run
-    from nanolaunch.task import STORE, RunOptions, default_bucket, render, to_yaml
+    from nanolaunch.task import placement, render, to_yaml
 
-    config, chosen = resolve(model, preset, ratio=ratio, iterations=iterations, device_batch=batch,
+    config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
                              checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot)
     plan = derived(config, chosen)  # the same validation as plan: a batch that cannot divide fails here
-    config = for_run(Request("run", config, chosen), plan, run_dir=f"{STORE}/runs/{name}",
-                     data_dir=f"{STORE}/data/{config.train.data_source}")
-    opts = RunOptions(bucket=bucket or default_bucket(), managed=config.spot)
+    run_dir, data_dir, opts = placement(config, name, managed=config.spot, bucket=bucket)
+    config = for_run(Request("run", config, chosen), plan, run_dir=run_dir, data_dir=data_dir)
     out.emit(render(config, opts, name=f"nl-{name}"), as_json, lambda task: sys.stdout.write(to_yaml(task)))
 
 

@@ -31,6 +31,9 @@ NodesOpt = Annotated[Optional[int], typer.Option("--nodes", help="Number of node
 SpotOpt = Annotated[Optional[bool], typer.Option(
     "--spot/--on-demand", help="Spot GPUs: priced at spot rates, run as a managed job recovered after preemption. "
                                "Unset: the preset's choice, else on-demand.", show_default=False)]
+InfraOpt = Annotated[Optional[str], typer.Option(
+    "--infra", help="Where SkyPilot runs it: slurm/NAME (a Slurm cluster in ~/.slurm/config), a cloud (aws), "
+                    "or a cloud region (gcp/us-central1); default: the cheapest enabled cloud.")]
 LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine instead of SkyPilot (GPU configs).")]
 # The ledger.
 TitleOpt = Annotated[str, typer.Option("--title", help="A title for the ledger: what this run is.")]

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import (BatchOpt, GpuOpt, IterationsOpt, JsonOpt, ModelArg, NodesOpt, PresetOpt,
-                                        RatioOpt, SpotOpt, resolve)
+from nanolaunch.commands.common import (BatchOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt, ModelArg, NodesOpt,
+                                        PresetOpt, RatioOpt, SpotOpt, resolve)
 from nanolaunch import calibration
 from nanolaunch.planner import plan as make_plan
 
@@ -19,6 +19,7 @@ def plan(
     ratio: RatioOpt = None,
     iterations: IterationsOpt = None,
     gpu: GpuOpt = None,
+    infra: InfraOpt = None,
     nodes: NodesOpt = None,
     batch: BatchOpt = None,
     seq: Annotated[Optional[int], typer.Option("--seq", help="Sequence length.")] = None,
@@ -30,7 +31,7 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Print every derived number of a run: shape, FLOPs, horizon, batch, data, memory, time and cost."""
-    config, chosen = resolve(model, preset, depth=depth, ratio=ratio, iterations=iterations, gpu=gpu, nodes=nodes,
+    config, chosen = resolve(model, preset, infra=infra, depth=depth, ratio=ratio, iterations=iterations, gpu=gpu, nodes=nodes,
                              device_batch=batch, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
                              shards=shards, spot=spot)
     rows = calibration.ledger_rows()

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import batch_search, output as out, presets
-from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, IterationsOpt, JsonOpt, LocalOpt,
-                                        ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SpotOpt, TitleOpt,
-                                        resolve)
+from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
+                                        LocalOpt, ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SpotOpt,
+                                        TitleOpt, resolve)
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
@@ -18,8 +18,8 @@ from nanolaunch.planner import PlanError
 
 
 def _on_cloud(config: RunConfig, local: bool) -> bool:
-    """GPU configs run on SkyPilot unless --local; a CPU config always runs here."""
-    return not local and not config.on_cpu
+    """GPU configs and anything with --infra run on SkyPilot unless --local; other CPU configs run here."""
+    return not local and (config.infra is not None or not config.on_cpu)
 
 
 def run(
@@ -30,6 +30,7 @@ def run(
     batch: BatchOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
     gpu: GpuOpt = None,
+    infra: InfraOpt = None,
     nodes: NodesOpt = None,
     spot: SpotOpt = None,
     title: TitleOpt = "",
@@ -43,7 +44,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model to the end of its horizon and record it in the ledger."""
-    config, chosen = resolve(model, preset, ratio=ratio, iterations=iterations, device_batch=batch,
+    config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
                              checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot)
     plan = derived(config, chosen)
     if max_cost is not None and plan["cost_usd"] is not None and plan["cost_usd"] > max_cost:
@@ -102,6 +103,7 @@ def dry(
                                                        "divide the total batch, largest first, until none is faster.")] = "",
     iters: Annotated[int, typer.Option(help="Iterations per probe.")] = 20,
     gpu: GpuOpt = None,
+    infra: InfraOpt = None,
     memory_limit_gib: Annotated[Optional[float], typer.Option(
         help="Cap each local probe's memory (a real allocation failure past it is an OOM).")] = None,
     force: Annotated[bool, typer.Option(help="Probe even batches predicted not to fit.")] = False,
@@ -111,7 +113,7 @@ def dry(
     as_json: JsonOpt = False,
 ) -> None:
     """Probe batch sizes for N iterations each: OOM or not, MFU, step time, peak memory."""
-    config, chosen = resolve(model, preset, gpu=gpu)
+    config, chosen = resolve(model, preset, infra=infra, gpu=gpu)
     auto = batch.strip().lower() == "auto"
     if auto:  # probes run on one node
         per_node = config.gpus_per_node

@@ -1,0 +1,121 @@
+"""nanolaunch through the real SkyPilot client and API server onto a real Slurm cluster on this machine.
+
+`bash sky/slurm/up.sh` brings the cluster and the API server up (CI does, then sets NANOLAUNCH_TEST_SLURM to
+the infra, e.g. slurm/nl-local); without it these tests are skipped. Every launch is a real sbatch allocation
+reached over SSH; nothing is faked. The tasks name no GPU, so SkyPilot never fetches a GPU catalog.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+INFRA = os.environ.get("NANOLAUNCH_TEST_SLURM")
+ENDPOINT = os.environ.get("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:46580")  # where up.sh starts it
+pytestmark = pytest.mark.skipif(not INFRA, reason="no local Slurm cluster: bash sky/slurm/up.sh, then set "
+                                                   "NANOLAUNCH_TEST_SLURM=slurm/<name>")
+REPO = Path(__file__).resolve().parent.parent
+TINY = """description = "a test model on the Slurm cluster"
+[config]
+depth = 2
+head_dim = 32
+vocab_size = 512
+seq_len = 64
+device_batch = 4
+total_batch = 512
+iterations = {iterations}
+eval_every = 5
+eval_tokens = 2048
+checkpoint_every = 5
+gpu = "cpu"
+data_source = "synthetic"
+dtype = "fp32"
+threads = 1
+[provenance]
+source = "tests"
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("nl-slurm-home")
+    (home / "presets").mkdir()
+    (home / "presets" / "slurm_tiny.toml").write_text(TINY.format(iterations=8))
+    return home
+
+
+def client_env(home, **extra) -> dict:
+    """The launcher as a user runs it against the API server up.sh started: its home, the cluster's shared
+    path (this machine's disk: the one node), and the Python every node already has."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SKY_RUNTIME_DIR",)}
+    return {**env, "NANOLAUNCH_HOME": str(home), "NANOLAUNCH_SHARED_STORE": str(home / "shared"),
+            "NANOLAUNCH_NODE_PYTHON": sys.executable, "SKYPILOT_API_SERVER_ENDPOINT": ENDPOINT,
+            "SKYPILOT_DISABLE_USAGE_COLLECTION": "1", **extra}
+
+
+def nl(home, *args, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanolaunch.cli", *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env=client_env(home, **extra), cwd=REPO)
+
+
+def slurm_jobs() -> list[str]:
+    out = subprocess.run(["squeue", "--noheader", "--format=%j"], capture_output=True, text=True, check=True)
+    return [name for name in out.stdout.split() if name.startswith("nl-")]
+
+
+def test_the_api_server_cannot_probe_public_addresses():
+    """Before any launch: SkyPilot's network checks (8.8.8.8, 1.1.1.1 every 15 s from the jobs controller) are
+    no-ops in the API server's interpreter: up.sh patched this venv before starting it. Compared, never called
+    (calling the unpatched check would send the very traffic it must not)."""
+    check = ("import sky.backends.backend_utils as b, nanolaunch_offline as o; "
+             "assert o.active() and o.patched(); "
+             "assert b.check_network_connection is o.check_network_connection; print('patched')")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0 and "patched" in done.stdout, done.stderr
+    server = subprocess.run(["bash", str(REPO / "sky" / "slurm" / "check-offline.sh")], capture_output=True,
+                            text=True)
+    assert server.returncode == 0, server.stdout + server.stderr  # the running server has the patch too
+
+
+def test_a_run_on_slurm_records_ok_streams_its_log_and_leaves_no_cluster(home):
+    r = nl(home, "run", "--preset", "slurm_tiny", "--infra", INFRA, "--title", "slurm ok", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(r.stdout)
+    assert row["status"] == "ok" and row["steps"] == 8 and row["val_bpb"] > 0, row
+    assert row["backend"] == "sky" and row["cluster"] == f"nl-{row['id']}"
+    log = (home / "runs" / f"{row['id']:05d}" / "train.log").read_text()
+    assert log.count('"event": "step"') == 8 and '"event": "result"' in log  # SkyPilot's stream, as it came
+    checkpoints = home / "shared" / "runs" / f"{row['id']:05d}" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_000005", "step_000008"]  # on the shared path
+    events = [e["kind"] for e in json.loads(nl(home, "show", row["id"], "--json").stdout)["events"]]
+    assert "launch" in events and "down" in events
+    assert f"nl-{row['id']}" not in slurm_jobs()  # its allocation is gone
+
+
+def test_a_trainer_that_fails_is_recorded_with_its_exit_code_and_log_tail(home):
+    """A node whose torch cannot start (a broken environment): no result event, and SkyPilot's tail_logs says
+    only FAILED (100); the exit code is in SkyPilot's log line."""
+    broken = home / "shared" / "broken-python"
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_text(f'#!/bin/sh\nif [ "$2" = torch.distributed.run ]; then echo "torch: cannot start" >&2; exit 7; fi\n'
+                      f'exec {sys.executable} "$@"\n')
+    broken.chmod(0o755)
+    r = nl(home, "run", "--preset", "slurm_tiny", "--infra", INFRA, "--title", "slurm crash", "--json",
+           NANOLAUNCH_NODE_PYTHON=broken)
+    assert r.returncode == 1
+    row = json.loads(r.stdout)
+    assert row["status"] == "crashed" and row["error"].startswith("exit 7: "), row["error"]
+    assert "torch: cannot start" in row["error"]
+    assert f"nl-{row['id']}" not in slurm_jobs()
+
+
+def test_a_probe_sweep_runs_every_batch_on_one_cluster(home):
+    r = nl(home, "dry", "--preset", "slurm_tiny", "--infra", INFRA, "--batch", "2,4", "--iters", "3", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    probes = json.loads(r.stdout)
+    assert [p["device_batch"] for p in probes] == [2, 4] and all(p["status"] == "ok" for p in probes)
+    rows = json.loads(nl(home, "ledger", "--json").stdout)
+    clusters = {x["cluster"] for x in rows if x["id"] in {p["id"] for p in probes}}
+    assert len(clusters) == 1 and not set(slurm_jobs()) & clusters
