@@ -119,3 +119,33 @@ def test_a_probe_sweep_runs_every_batch_on_one_cluster(home):
     rows = json.loads(nl(home, "ledger", "--json").stdout)
     clusters = {x["cluster"] for x in rows if x["id"] in {p["id"] for p in probes}}
     assert len(clusters) == 1 and not set(slurm_jobs()) & clusters
+
+
+def test_ctrl_c_mid_run_stops_the_trainer_and_leaves_no_cluster(home):
+    """Ctrl-C: the job is cancelled (on the clouds SkyPilot's SIGTERM lets the trainer checkpoint), then the
+    cluster is torn down; the row says cancelled."""
+    import signal
+    import time
+
+    (home / "presets" / "slurm_long.toml").write_text(TINY.format(iterations=100_000))
+    launcher = subprocess.Popen([sys.executable, "-m", "nanolaunch.cli", "run", "--preset", "slurm_long", "--infra",
+                                 INFRA, "--title", "slurm ctrl-c", "--json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, env=client_env(home),
+                                cwd=REPO)
+    log = None
+    while launcher.poll() is None:  # wait for the trainer's first steps, however long provisioning takes
+        logs = sorted((home / "runs").glob("*/train.log"), key=os.path.getmtime)
+        log = logs[-1] if logs else None
+        if log and log.read_text(errors="replace").count('"event": "step"') >= 3:
+            break
+        time.sleep(0.5)
+    assert launcher.poll() is None, "the run ended before it could be interrupted"
+    launcher.send_signal(signal.SIGINT)
+    out, _ = launcher.communicate()
+    row = json.loads(nl(home, "ledger", "--json").stdout)[0]
+    assert row["title"] == "slurm ctrl-c" and row["status"] == "cancelled", row
+    assert row["ended_at"] is not None and f"nl-{row['id']}" not in slurm_jobs()
+    events = [e["kind"] for e in json.loads(nl(home, "show", row["id"], "--json").stdout)["events"]]
+    assert events.index("cancel") < events.index("down")  # the job is cancelled before its cluster goes
+    # Slurm ends a cancelled step outright (the trainer gets no chance to checkpoint): what it saved is kept
+    assert (home / "shared" / "runs" / f"{row['id']:05d}" / "checkpoints").is_dir()

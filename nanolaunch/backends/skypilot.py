@@ -168,10 +168,22 @@ def exec_on(task, cluster: str):
         return _wait(sky.exec(task, cluster_name=cluster))
 
 
-def tail(cluster: str, job_id: int, stream: TextIO) -> int | None:
-    """Follows a cluster job's output into `stream` until it ends; its exit code."""
+def tail(cluster: str, job_id: int, stream: TextIO, last_lines: int = 0) -> int | None:
+    """Follows a cluster job's output into `stream` until it ends (from its last `last_lines` lines; 0: all).
+    Returns SkyPilot's job status code (sky.exceptions.JobExitCode), not the job's exit code."""
     with errors(f"following {cluster}"):
-        return sdk().tail_logs(cluster, job_id, follow=True, output_stream=stream)
+        return sdk().tail_logs(cluster, job_id, follow=True, tail=last_lines, output_stream=stream)
+
+
+def stop_gracefully(ledger: Ledger, run_id: int, cluster: str, job_id: int, follower, sink) -> None:
+    """Cancel the job (SkyPilot sends its processes SIGTERM: the trainer finishes its step, checkpoints and
+    reports `cancelled`) and follow it to its end, so the teardown that follows loses no training."""
+    sky = sdk()
+    follower.display.status("stopping: checkpoint, then teardown (Ctrl-C again: teardown now)")
+    with errors(f"cancelling job {job_id} on {cluster}"):
+        sky.stream_and_get(sky.cancel(cluster, job_ids=[job_id]), output_stream=sys.stderr)
+    ledger.add_event(run_id, "cancel", f"job {job_id} on {cluster}")
+    tail(cluster, job_id, sink, last_lines=1)  # what is new: not the whole log again
 
 
 def down(cluster: str) -> bool:
@@ -354,6 +366,7 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
             except Exception as e:  # noqa: BLE001 -- e.g. SkyPilot rejects the task: the row says so
                 last = (run_id, "crashed", {"error": str(e)})
                 raise
+            job_id = None
             try:
                 with follower.display:
                     ledger.add_event(run_id, "launch" if i == 0 else "submit", cluster)
@@ -368,6 +381,10 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
                 last = (run_id, *_outcome(follower, code))
             except KeyboardInterrupt:
                 last = (run_id, "cancelled", {**_partial(follower.state), "error": "interrupted; cluster torn down"})
+                if job_id is not None:  # a second Ctrl-C skips straight to the teardown
+                    stop_gracefully(ledger, run_id, cluster, job_id, follower, sink)
+                    if follower.state.result is not None:
+                        last = (run_id, *_outcome(follower, None))
                 raise
             except Exception as e:  # noqa: BLE001 -- recorded, then raised as it was
                 last = (run_id, "crashed", {**_partial(follower.state), "error": str(e)})
