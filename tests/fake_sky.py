@@ -32,6 +32,7 @@ class FakeSky:
         self.calls: list[tuple] = []
         self.clusters: dict[str, list] = {}  # name -> submitted tasks (job id = index + 1)
         self.managed: dict[int, object] = {}
+        self.cancelled: set[tuple[str, int]] = set()
         self.secrets_seen: list[dict] = []
         self._requests: dict[str, object] = {}
         self._next_id = 0
@@ -76,8 +77,17 @@ class FakeSky:
         self.clusters[cluster_name].append(task)
         return self._request((len(self.clusters[cluster_name]), None))
 
+    def cancel(self, cluster_name, all=False, all_users=False, job_ids=None, _try_cancel_if_cluster_is_init=False):
+        self.calls.append(("cancel", cluster_name, tuple(job_ids or ())))
+        if cluster_name not in self.clusters:
+            return self._request(self.real.exceptions.ClusterNotUpError(f"cluster {cluster_name} is not up"))
+        self.cancelled.update((cluster_name, j) for j in job_ids or ())
+        return self._request(None)
+
     def tail_logs(self, cluster_name, job_id, follow, tail=0, output_stream=None, **kw):
         self.calls.append(("tail_logs", cluster_name, job_id))
+        if (cluster_name, job_id) in self.cancelled:  # as SkyPilot: a cancelled job has ended, code CANCELLED
+            return self.real.exceptions.JobExitCode.CANCELLED
         return self._run(self.clusters[cluster_name][job_id - 1], output_stream, managed=False)
 
     def down(self, cluster_name, **kw):

@@ -142,7 +142,8 @@ def test_ctrl_c_tears_the_cluster_down(env, tmp_path, monkeypatch):
     fake = install(monkeypatch, tmp_path, interrupt_after_steps=3)
     with pytest.raises(KeyboardInterrupt):
         skypilot.run(request(iterations=1000))
-    assert names(fake)[-1] == "down" and fake.clusters == {}
+    # the job is cancelled (SIGTERM: the trainer checkpoints), followed to its end, then torn down
+    assert names(fake)[-3:] == ["cancel", "tail_logs", "down"] and fake.clusters == {}
     row = Ledger().rows("cloud")[-1]
     assert row["status"] == "cancelled" and row["steps"] >= 3 and row["cost_usd"] is not None
 

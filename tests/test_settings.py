@@ -132,6 +132,6 @@ def test_presets_and_the_ledger_keep_the_recipe_not_the_run():
     config = RunConfig.build(depth=4, gpu="A100:2").replace(run_dir="/somewhere", probe=3, max_cost=2.0,
                                                              price_per_hour=1.0)
     kept = config.to_dict()
-    assert set(kept) == set(settings.names(per_run=False)) | {"gpu", "nodes", "spot"}
+    assert set(kept) == set(settings.names(per_run=False)) | {"gpu", "nodes", "spot", "infra"}
     assert RunConfig.build(**kept) == RunConfig.build(depth=4, gpu="A100:2")
     assert {f.name for f in fields(TrainConfig)} == set(settings.names())

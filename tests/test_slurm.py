@@ -142,10 +142,26 @@ def test_ctrl_c_mid_run_stops_the_trainer_and_leaves_no_cluster(home):
     assert launcher.poll() is None, "the run ended before it could be interrupted"
     launcher.send_signal(signal.SIGINT)
     out, _ = launcher.communicate()
-    row = json.loads(nl(home, "ledger", "--json").stdout)[0]
-    assert row["title"] == "slurm ctrl-c" and row["status"] == "cancelled", row
+    row = [x for x in json.loads(nl(home, "ledger", "--json").stdout) if x["title"] == "slurm ctrl-c"][0]
+    assert row["status"] == "cancelled", row
     assert row["ended_at"] is not None and f"nl-{row['id']}" not in slurm_jobs()
     events = [e["kind"] for e in json.loads(nl(home, "show", row["id"], "--json").stdout)["events"]]
     assert events.index("cancel") < events.index("down")  # the job is cancelled before its cluster goes
     # Slurm ends a cancelled step outright (the trainer gets no chance to checkpoint): what it saved is kept
     assert (home / "shared" / "runs" / f"{row['id']:05d}" / "checkpoints").is_dir()
+
+
+def test_the_trainer_stops_itself_at_the_budget(tmp_path):
+    """--max-cost reaches the trainer, which checkpoints and ends over_budget at the run's price (here a
+    Slurm cluster's rate of $360/h, set by the user as for any machine of their own)."""
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "slurm_long.toml").write_text(TINY.format(iterations=100_000))
+    r = nl(tmp_path, "run", "--preset", "slurm_long", "--infra", INFRA, "--max-cost", "0.5", "--json",
+           NANOLAUNCH_LOCAL_USD_PER_HOUR="360")
+    assert r.returncode == 1, r.stderr[-2000:]
+    row = json.loads(r.stdout)
+    assert row["status"] == "over_budget" and 0 < row["steps"] < 100_000, row
+    assert row["usd_per_hour"] == 360 and row["cost_usd"] >= 0.5
+    checkpoints = sorted((tmp_path / "shared" / "runs" / f"{row['id']:05d}" / "checkpoints").iterdir())
+    assert checkpoints[-1].name == f"step_{row['steps']:06d}"  # it saved where it stopped
+    assert f"nl-{row['id']}" not in slurm_jobs()

@@ -151,11 +151,14 @@ def launch(task, cluster: str):
 
 
 def launched_price(handle) -> tuple[float, str] | None:
-    """$/hour of what SkyPilot launched (all nodes) and its name, from the cluster's handle; None if unknown."""
+    """$/hour of what SkyPilot launched (all nodes) and its name, from the cluster's handle; None where
+    SkyPilot knows no price."""
     resources = getattr(handle, "launched_resources", None)
     if resources is None:
         return None
     nodes = getattr(handle, "launched_nodes", 1) or 1
+    if not resources.get_cost(3600):  # SkyPilot prices no own infrastructure (Slurm): the plan's rate stands
+        return None
     return (resources.get_cost(3600) * nodes,
             f"launched: {nodes}× {resources.cloud} {resources.instance_type} ({resources.region})")
 
