@@ -19,6 +19,20 @@ from nanolaunch.backends.local import environment
 from nanolaunch.task import REPO, STORE
 
 
+def _as_real(real, fake):
+    """`fake`, called only with arguments that bind to the real SDK function's signature."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(real)
+
+    @functools.wraps(fake)
+    def call(*args, **kwargs):
+        signature.bind(*args, **kwargs)
+        return fake(*args, **kwargs)
+    return call
+
+
 class FakeSky:
     def __init__(self, bucket_dir, *, preempt_at_checkpoints: int = 0, interrupt_after_steps: int | None = None,
                  launch_error: BaseException | None = None):
@@ -39,6 +53,12 @@ class FakeSky:
         self.Task, self.exceptions = real_sky.Task, real_sky.exceptions
         self.jobs = SimpleNamespace(launch=self._job_launch, tail_logs=self._job_tail, cancel=self._job_cancel,
                                     queue_v2=self._job_queue)
+        # Every SDK function nanolaunch calls takes exactly the real one's arguments: a call the real SDK would
+        # refuse (a wrong keyword, a missing argument) raises the TypeError it would.
+        for name in ("launch", "exec", "cancel", "tail_logs", "down", "status", "stream_and_get", "api_cancel"):
+            setattr(self, name, _as_real(getattr(real_sky, name), getattr(self, name)))
+        for name in ("launch", "tail_logs", "cancel", "queue_v2"):
+            setattr(self.jobs, name, _as_real(getattr(real_sky.jobs, name), getattr(self.jobs, name)))
 
     # -- requests: the SDK returns ids; stream_and_get/get return (or raise) what the request produced
     def _request(self, value) -> str:
