@@ -132,12 +132,13 @@ def test_ctrl_c_mid_run_stops_the_trainer_and_leaves_no_cluster(home):
                                  INFRA, "--title", "slurm ctrl-c", "--json"], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, env=client_env(home),
                                 cwd=REPO)
-    log = None
-    while launcher.poll() is None:  # wait for the trainer's first steps, however long provisioning takes
-        logs = sorted((home / "runs").glob("*/train.log"), key=os.path.getmtime)
-        log = logs[-1] if logs else None
-        if log and log.read_text(errors="replace").count('"event": "step"') >= 3:
-            break
+
+    def steps_logged() -> int:
+        rows = [x for x in json.loads(nl(home, "ledger", "--json").stdout) if x["title"] == "slurm ctrl-c"]
+        log = home / "runs" / f"{rows[0]['id']:05d}" / "train.log" if rows else None
+        return log.read_text(errors="replace").count('"event": "step"') if log and log.exists() else 0
+
+    while launcher.poll() is None and steps_logged() < 3:  # the trainer's first steps, however long it takes
         time.sleep(0.5)
     assert launcher.poll() is None, "the run ended before it could be interrupted"
     launcher.send_signal(signal.SIGINT)
