@@ -46,7 +46,7 @@ class RunConfig:
             raise ConfigError(f"spot must be true or false, got {self.spot!r}")
         if self.infra is not None and not re.fullmatch(r"[a-z0-9-]+(/[A-Za-z0-9_.*-]+)*", str(self.infra)):
             raise ConfigError(f"infra must look like slurm/NAME, aws or gcp/REGION, got {self.infra!r}")
-        if self.on_slurm(self.infra) and self.spot:
+        if self.slurm and self.spot:
             raise ConfigError("spot: a Slurm cluster has no spot nodes")
         try:
             kind, per_node = gpus.parse_gpu_spec(self.gpu)
@@ -57,14 +57,10 @@ class RunConfig:
         object.__setattr__(self, "accelerator", kind)
         object.__setattr__(self, "gpus_per_node", per_node)
 
-    @staticmethod
-    def on_slurm(infra: str | None) -> bool:
-        return bool(infra) and infra.split("/")[0] == SLURM
-
     @property
     def slurm(self) -> bool:
         """Runs on a Slurm cluster through SkyPilot: storage is a shared path, not a bucket."""
-        return self.on_slurm(self.infra)
+        return bool(self.infra) and self.infra.split("/")[0] == SLURM
 
     @property
     def on_cpu(self) -> bool:

@@ -1,4 +1,5 @@
 """Shared, session-scoped fixtures: a tiny real corpus (stdlib text) and a tokenizer trained on it."""
+import json
 import os
 import subprocess
 import sys
@@ -47,10 +48,23 @@ def data_args(corpus, tokenizer, tmp_path_factory):
     return ["--data-source", "local", "--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir]
 
 
-def nl(home, *args) -> subprocess.CompletedProcess:
-    """`nanolaunch ARGS` as a user runs it, with NANOLAUNCH_HOME=home; waits for it to end, however long."""
+def nl(home, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`nanolaunch ARGS` as a user runs it, with NANOLAUNCH_HOME=home (in `env`, default this environment);
+    waits for it to end, however long."""
     return subprocess.run([sys.executable, "-m", "nanolaunch.cli", *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "NANOLAUNCH_HOME": str(home)})
+                          stdin=subprocess.DEVNULL,
+                          env={**(os.environ if env is None else env), "NANOLAUNCH_HOME": str(home)})
+
+
+def tiny_preset(iterations: int, **config) -> str:
+    """A preset of a model that trains in seconds on 2 cores; `config` adds or overrides [config] fields."""
+    fields = {"depth": 2, "head_dim": 32, "vocab_size": 512, "seq_len": 64, "device_batch": 4, "total_batch": 512,
+              "iterations": iterations, "eval_every": 5, "eval_tokens": 2048, "gpu": "cpu",
+              "data_source": "stdlib", "dtype": "fp32", **config}
+    lines = [f"{k} = {json.dumps(v)}" for k, v in fields.items()]  # JSON scalars are TOML scalars
+    return 'description = "a test model: seconds on 2 cores"\n[config]\n' + "\n".join(lines) + \
+        '\n[provenance]\nsource = "tests"\n'
+
 
 
 @pytest.fixture

@@ -8,34 +8,17 @@ import time
 
 import pytest
 
-from conftest import nl
+from conftest import nl, tiny_preset
 from nanolaunch.ledger import pid_alive
 
-TINY = """description = "a test model: seconds on 2 cores"
-[config]
-depth = 2
-head_dim = 32
-vocab_size = 512
-seq_len = 64
-device_batch = 4
-total_batch = 512
-iterations = {iterations}
-eval_every = 5
-eval_tokens = 2048
-gpu = "cpu"
-data_source = "stdlib"
-dtype = "fp32"
-[provenance]
-source = "tests"
-"""
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     (home / "presets").mkdir()
-    (home / "presets" / "tiny.toml").write_text(TINY.format(iterations=10))
-    (home / "presets" / "tiny_long.toml").write_text(TINY.format(iterations=400))
+    (home / "presets" / "tiny.toml").write_text(tiny_preset(10))
+    (home / "presets" / "tiny_long.toml").write_text(tiny_preset(400))
     (home / "presets" / "tiny_probe.toml").write_text('base = "tiny"\n[config]\nseq_len = 256\ntotal_batch = 65536\n')
     return home
 

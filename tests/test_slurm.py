@@ -12,37 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from conftest import nl as run_nl, tiny_preset
+
 INFRA = os.environ.get("NANOLAUNCH_TEST_SLURM")
 ENDPOINT = os.environ.get("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:46580")  # where up.sh starts it
 pytestmark = pytest.mark.skipif(not INFRA, reason="no local Slurm cluster: bash sky/slurm/up.sh, then set "
                                                    "NANOLAUNCH_TEST_SLURM=slurm/<name>")
 REPO = Path(__file__).resolve().parent.parent
-TINY = """description = "a test model on the Slurm cluster"
-[config]
-depth = 2
-head_dim = 32
-vocab_size = 512
-seq_len = 64
-device_batch = 4
-total_batch = 512
-iterations = {iterations}
-eval_every = 5
-eval_tokens = 2048
-checkpoint_every = 5
-gpu = "cpu"
-data_source = "synthetic"
-dtype = "fp32"
-threads = 1
-[provenance]
-source = "tests"
-"""
+TINY = dict(checkpoint_every=5, data_source="synthetic", threads=1)  # no data to fetch; one thread each
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("nl-slurm-home")
     (home / "presets").mkdir()
-    (home / "presets" / "slurm_tiny.toml").write_text(TINY.format(iterations=8))
+    (home / "presets" / "slurm_tiny.toml").write_text(tiny_preset(8, **TINY))
     return home
 
 
@@ -50,14 +34,13 @@ def client_env(home, **extra) -> dict:
     """The launcher as a user runs it against the API server up.sh started: its home, the cluster's shared
     path (this machine's disk: the one node), and the Python every node already has."""
     env = {k: v for k, v in os.environ.items() if k not in ("SKY_RUNTIME_DIR",)}
-    return {**env, "NANOLAUNCH_HOME": str(home), "NANOLAUNCH_SHARED_STORE": str(home / "shared"),
+    return {**env, "NANOLAUNCH_SHARED_STORE": str(home / "shared"),
             "NANOLAUNCH_NODE_PYTHON": sys.executable, "SKYPILOT_API_SERVER_ENDPOINT": ENDPOINT,
             "SKYPILOT_DISABLE_USAGE_COLLECTION": "1", **extra}
 
 
 def nl(home, *args, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nanolaunch.cli", *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env=client_env(home, **extra), cwd=REPO)
+    return run_nl(home, *args, env=client_env(home, **extra))
 
 
 def slurm_jobs() -> list[str]:
@@ -127,10 +110,11 @@ def test_ctrl_c_mid_run_stops_the_trainer_and_leaves_no_cluster(home):
     import signal
     import time
 
-    (home / "presets" / "slurm_long.toml").write_text(TINY.format(iterations=100_000))
+    (home / "presets" / "slurm_long.toml").write_text(tiny_preset(100_000, **TINY))
     launcher = subprocess.Popen([sys.executable, "-m", "nanolaunch.cli", "run", "--preset", "slurm_long", "--infra",
                                  INFRA, "--title", "slurm ctrl-c", "--json"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, env=client_env(home),
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+                                env={**client_env(home), "NANOLAUNCH_HOME": str(home)},
                                 cwd=REPO)
 
     def steps_logged() -> int:
@@ -156,7 +140,7 @@ def test_the_trainer_stops_itself_at_the_budget(tmp_path):
     """--max-cost reaches the trainer, which checkpoints and ends over_budget at the run's price (here a
     Slurm cluster's rate of $360/h, set by the user as for any machine of their own)."""
     (tmp_path / "presets").mkdir()
-    (tmp_path / "presets" / "slurm_long.toml").write_text(TINY.format(iterations=100_000))
+    (tmp_path / "presets" / "slurm_long.toml").write_text(tiny_preset(100_000, **TINY))
     r = nl(tmp_path, "run", "--preset", "slurm_long", "--infra", INFRA, "--max-cost", "0.5", "--json",
            NANOLAUNCH_LOCAL_USD_PER_HOUR="360")
     assert r.returncode == 1, r.stderr[-2000:]

@@ -157,9 +157,10 @@ def launched_price(handle) -> tuple[float, str] | None:
     if resources is None:
         return None
     nodes = getattr(handle, "launched_nodes", 1) or 1
-    if not resources.get_cost(3600):  # SkyPilot prices no own infrastructure (Slurm): the plan's rate stands
+    per_node = resources.get_cost(3600)
+    if not per_node:  # SkyPilot prices no own infrastructure (Slurm): the plan's rate stands
         return None
-    return (resources.get_cost(3600) * nodes,
+    return (per_node * nodes,
             f"launched: {nodes}× {resources.cloud} {resources.instance_type} ({resources.region})")
 
 
