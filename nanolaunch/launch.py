@@ -30,6 +30,12 @@ class Request:
     max_cost: float | None = None
     wandb_project: str | None = None  # W&B logging (the key comes from WANDB_API_KEY, as a secret in the cloud)
     quiet: bool = False
+    managed: bool = False  # a SkyPilot managed job: recovered after preemption or node failure (spot runs always are)
+
+    @property
+    def recovered(self) -> bool:
+        """Runs as a managed job that SkyPilot brings back after its cluster is lost."""
+        return self.kind == "run" and (self.managed or self.config.spot)
 
 
 def for_run(req: Request, plan: dict, run_dir: str, data_dir: str) -> RunConfig:

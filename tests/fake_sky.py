@@ -3,9 +3,9 @@
 It records every call, and runs each submitted task for real on this machine, the way one SkyPilot
 node would: the task's setup, then its run, with the single-node SKYPILOT_* variables, the task's envs
 and secrets, and the bucket mount point mapped to a local folder. Tasks are real sky.Task objects
-(SkyPilot's schema validated them); errors are SkyPilot's own exception types. It can preempt a
-managed job at a checkpoint (then recover it: the task runs again and the trainer resumes), and
-interrupt the follower as Ctrl-C would.
+(SkyPilot's schema validated them); errors are SkyPilot's own exception types. It can interrupt the
+follower as Ctrl-C would. It only stands in for what cannot run here, a cloud provider: recovery after a lost
+cluster runs for real on the local Slurm cluster (tests/test_slurm.py).
 """
 from __future__ import annotations
 
@@ -34,13 +34,12 @@ def _as_real(real, fake):
 
 
 class FakeSky:
-    def __init__(self, bucket_dir, *, preempt_at_checkpoints: int = 0, interrupt_after_steps: int | None = None,
+    def __init__(self, bucket_dir, *, interrupt_after_steps: int | None = None,
                  launch_error: BaseException | None = None):
         import sky as real_sky  # imported by the test, under its own HOME
 
         self.real = real_sky
         self.bucket_dir = str(bucket_dir)
-        self.preemptions_left = preempt_at_checkpoints
         self.interrupt_after_steps = interrupt_after_steps
         self.launch_error = launch_error
         self.calls: list[tuple] = []
@@ -108,7 +107,7 @@ class FakeSky:
         self.calls.append(("tail_logs", cluster_name, job_id))
         if (cluster_name, job_id) in self.cancelled:  # as SkyPilot: a cancelled job has ended, code CANCELLED
             return self.real.exceptions.JobExitCode.CANCELLED
-        return self._run(self.clusters[cluster_name][job_id - 1], output_stream, managed=False)
+        return self._run(self.clusters[cluster_name][job_id - 1], output_stream)
 
     def down(self, cluster_name, **kw):
         self.calls.append(("down", cluster_name))
@@ -131,7 +130,7 @@ class FakeSky:
 
     def _job_tail(self, name=None, job_id=None, follow=True, output_stream=None, **kw):
         self.calls.append(("jobs.tail_logs", job_id))
-        return self._run(self.managed[job_id], output_stream, managed=True)
+        return self._run(self.managed[job_id], output_stream)
 
     def _job_cancel(self, name=None, job_ids=None, **kw):
         self.calls.append(("jobs.cancel", tuple(job_ids or ())))
@@ -141,8 +140,9 @@ class FakeSky:
         self.calls.append(("jobs.queue_v2",))
         if not self.managed:  # as SkyPilot: no managed job yet, so no jobs controller to ask
             return self._request(self.real.exceptions.ClusterNotUpError("Jobs controller is not up"))
-        return self._request(([{"job_id": j, "job_name": t.name, "status": "RUNNING", "recovery_count": 0,
-                                "submitted_at": 0} for j, t in self.managed.items()], len(self.managed), {}, 0))
+        found = [{"job_id": j, "job_name": t.name, "status": "RUNNING", "recovery_count": 0, "submitted_at": 0}
+                 for j, t in self.managed.items() if job_ids is None or j in job_ids]
+        return self._request((found, len(found), {}, 0))
 
     # -- running a task as one node would
     def _env(self, task) -> dict:
@@ -151,32 +151,21 @@ class FakeSky:
         self.secrets_seen.append(secrets)
         return {**environment({"envs": envs}, 1), **secrets}
 
-    def _run(self, task, stream, managed: bool) -> int:
+    def _run(self, task, stream) -> int:
         env = self._env(task)
         setup = subprocess.run(["bash", "-c", task.setup], cwd=REPO, env=env, capture_output=True, text=True)
         stream.write(setup.stdout + setup.stderr)
         if setup.returncode:
             return setup.returncode
         steps = 0
-        while True:
-            proc = subprocess.Popen(["bash", "-c", task.run], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
-            preempted = False
-            for line in proc.stdout:
-                stream.write(line)
-                event = parse_line(line) or {}
-                if event.get("event") == "step":
-                    steps += 1
-                    if self.interrupt_after_steps is not None and steps >= self.interrupt_after_steps:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                        proc.wait()
-                        raise KeyboardInterrupt
-                if managed and self.preemptions_left and event.get("event") == "checkpoint":
-                    self.preemptions_left -= 1
-                    os.killpg(proc.pid, signal.SIGKILL)  # the spot node is gone, mid-run
-                    preempted = True
-                    break
-            proc.wait()
-            if not preempted:
-                return proc.returncode
-            stream.write("(sky) The job cluster is preempted or failed; recovering on a new cluster.\n")
+        proc = subprocess.Popen(["bash", "-c", task.run], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        for line in proc.stdout:
+            stream.write(line)
+            if (parse_line(line) or {}).get("event") == "step":
+                steps += 1
+                if self.interrupt_after_steps is not None and steps >= self.interrupt_after_steps:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    raise KeyboardInterrupt
+        return proc.wait()

@@ -1,7 +1,8 @@
 """The SkyPilot launch flow at the SDK boundary: a recording fake in place of `sky`, the real trainer behind it.
 
-Launch, stream, result, ledger, teardown; a probe sweep on one cluster; spot preemption, recovery and
-resume; the budget stop; Ctrl-C then teardown; SkyPilot's errors as one line; status, down and logs.
+Only what cannot run on the local Slurm cluster (tests/test_slurm.py runs the rest, recovery included, for
+real): GPU tasks with the bucket and a cloud's price, W&B's secret, Ctrl-C during provisioning, a spot job
+cancelled, SkyPilot's cloud errors as one line; status, down and logs.
 """
 import dataclasses
 
@@ -106,48 +107,6 @@ def test_a_sweep_that_stops_early_still_tears_down(env, tmp_path, monkeypatch):
     assert [r["status"] for r in rows] == ["ok", "ok"]
 
 
-def test_spot_run_is_preempted_recovers_and_resumes(env, tmp_path, monkeypatch):
-    fake = install(monkeypatch, tmp_path, preempt_at_checkpoints=1)
-    row = skypilot.run(request(spot=True, iterations=10))
-    assert names(fake)[:2] == ["jobs.launch", "jobs.tail_logs"] and "down" not in names(fake)
-    assert row["managed"] == 1 and row["status"] == "ok" and row["steps"] == 10
-    assert row["recoveries"] == 1
-    kinds = [(e["kind"], e["detail"]) for e in Ledger().events(row["id"])]
-    assert kinds[0][0] == "launch" and ("recovered", "resumed from step 5") in kinds
-    assert [k for k, _ in kinds].index("preempted") < [k for k, _ in kinds].index("recovered")
-    assert row["cost_usd"] == pytest.approx(row["usd_per_hour"] * row["wall_seconds"] / 3600)  # across both
-    log = (env / "runs" / f"{row['id']:05d}" / "train.log").read_text()
-    assert "preempted" in log and log.count('"event": "start"') == 2
-    listed = CliRunner().invoke(app, ["ledger", "--project", "cloud"])
-    assert "ok (1 recovery)" in listed.output
-    shown = CliRunner().invoke(app, ["show", str(row["id"])])
-    assert "preempted after step 5" in shown.output and "recovered resumed from step 5" in shown.output
-    # reattaching replays only what SkyPilot still has; it used to overwrite train.log with it
-    assert CliRunner().invoke(app, ["logs", str(row["id"])]).exit_code == 0
-    folder = env / "runs" / f"{row['id']:05d}"
-    assert (folder / "train.log").read_text() == log and '"event": "start"' in (folder / "reattach-1.log").read_text()
-
-
-def test_trainer_stops_itself_at_the_budget(env, tmp_path, monkeypatch):
-    fake = install(monkeypatch, tmp_path)
-    # Predicted at well under a cent on an H100, but the fake node is this CPU: the trainer hits the cap.
-    row = skypilot.run(request(iterations=100_000, max_cost=0.002))
-    assert row["status"] == "over_budget", row["error"]
-    assert 0 < row["steps"] < 100_000 and names(fake)[-1] == "down"
-    task = fake.secrets_seen and (env / "runs" / f"{row['id']:05d}" / "task.yaml").read_text()
-    assert "NL_MAX_COST: '0.002'" in task
-
-
-def test_ctrl_c_tears_the_cluster_down(env, tmp_path, monkeypatch):
-    fake = install(monkeypatch, tmp_path, interrupt_after_steps=3)
-    with pytest.raises(KeyboardInterrupt):
-        skypilot.run(request(iterations=1000))
-    # the job is cancelled (SIGTERM: the trainer checkpoints), followed to its end, then torn down
-    assert names(fake)[-3:] == ["cancel", "tail_logs", "down"] and fake.clusters == {}
-    row = Ledger().rows("cloud")[-1]
-    assert row["status"] == "cancelled" and row["steps"] >= 3 and row["cost_usd"] is not None
-
-
 def test_ctrl_c_while_provisioning_aborts_the_launch_request_then_tears_down(env, tmp_path, monkeypatch):
     """Without the abort, the API server goes on provisioning after we gave up, and the teardown waits."""
     fake = install(monkeypatch, tmp_path, launch_error=KeyboardInterrupt())
@@ -224,3 +183,17 @@ def test_status_without_a_jobs_controller_lists_the_clusters(env, tmp_path, monk
     result = CliRunner().invoke(app, ["status", "--json"])
     assert result.exit_code == 0, result.output
     assert [r["name"] for r in json.loads(result.stdout)] == ["nl-9"]
+
+
+def test_skypilots_count_of_recoveries_stands_where_the_stream_missed_an_attempt(env):
+    """A cluster lost seconds after it started may never have streamed the trainer's start: the run still
+    records the recovery SkyPilot counted (what the Slurm test does not always hit, forced here)."""
+    ledger = Ledger()
+    run_id = ledger.add(kind="run", config={}, backend="sky", status="running", managed=1)
+    follower = skypilot.Follower(ledger, run_id, None)
+    follower('{"event": "start", "v": 1, "time": 1.0, "mode": "train", "resumed_from_step": 20}')  # the 2nd only
+    follower.settle_recoveries(1)
+    assert ledger.get(run_id)["recoveries"] == 1
+    assert [e["kind"] for e in ledger.events(run_id)] == ["recovered"]
+    follower.settle_recoveries(1)  # what the stream already showed is not counted twice
+    assert len(ledger.events(run_id)) == 1

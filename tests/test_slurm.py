@@ -43,9 +43,14 @@ def nl(home, *args, **extra) -> subprocess.CompletedProcess:
     return run_nl(home, *args, env=client_env(home, **extra))
 
 
+def slurm_allocations() -> list[tuple[str, str]]:
+    """(Slurm job id, name) of every allocation SkyPilot holds for nanolaunch: one per cluster."""
+    out = subprocess.run(["squeue", "--noheader", "--format=%i %j"], capture_output=True, text=True, check=True)
+    return [tuple(line.split()) for line in out.stdout.splitlines() if line.split()[1].startswith("nl-")]
+
+
 def slurm_jobs() -> list[str]:
-    out = subprocess.run(["squeue", "--noheader", "--format=%j"], capture_output=True, text=True, check=True)
-    return [name for name in out.stdout.split() if name.startswith("nl-")]
+    return [name for _, name in slurm_allocations()]
 
 
 def test_the_api_server_cannot_probe_public_addresses():
@@ -150,3 +155,57 @@ def test_the_trainer_stops_itself_at_the_budget(tmp_path):
     checkpoints = sorted((tmp_path / "shared" / "runs" / f"{row['id']:05d}" / "checkpoints").iterdir())
     assert checkpoints[-1].name == f"step_{row['steps']:06d}"  # it saved where it stopped
     assert f"nl-{row['id']}" not in slurm_jobs()
+
+
+def test_a_managed_job_whose_allocation_is_cancelled_is_recovered_and_resumes(home):
+    """`run --managed`: SkyPilot's jobs controller (inside the API server, network probes patched off: see the
+    first test) watches the job. Its Slurm allocation is cancelled mid-run, as a node failure or a preemption
+    would end it; SkyPilot launches a new cluster and the trainer resumes from its last checkpoint on the shared
+    path. The ledger shows the recovery and the cost of the whole span, both clusters."""
+    import time
+
+    (home / "presets" / "slurm_managed.toml").write_text(
+        tiny_preset(1000, **{**TINY, "checkpoint_every": 20, "eval_every": 100}))
+    launcher = subprocess.Popen([sys.executable, "-m", "nanolaunch.cli", "run", "--preset", "slurm_managed", "--infra",
+                                 INFRA, "--managed", "--title", "slurm managed", "--json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, cwd=REPO,
+                                env={**client_env(home, NANOLAUNCH_LOCAL_USD_PER_HOUR="360"),
+                                     "NANOLAUNCH_HOME": str(home)})
+    row = None
+    while launcher.poll() is None and row is None:  # the ledger row, then its log, however long they take
+        rows = [x for x in json.loads(nl(home, "ledger", "--json").stdout) if x["title"] == "slurm managed"]
+        row = rows[0] if rows else time.sleep(0.5)
+    log = home / "runs" / f"{row['id']:05d}" / "train.log"
+
+    def streamed(text: str) -> bool:
+        return log.exists() and text in log.read_text(errors="replace")
+
+    while launcher.poll() is None and not streamed('"event": "checkpoint"'):  # a checkpoint to resume from
+        time.sleep(0.5)
+    allocation = [j for j in slurm_allocations() if j[1].startswith(f"nl-{row['id']}-")]
+    assert launcher.poll() is None and len(allocation) == 1, (launcher.poll(), slurm_allocations())
+    subprocess.run(["scancel", allocation[0][0]], check=True)  # the cluster is gone, mid-run
+    out, _ = launcher.communicate()
+    assert launcher.returncode == 0, out
+    row = json.loads(out)
+    assert row["status"] == "ok" and row["steps"] == 1000 and row["val_bpb"] > 0, row
+    assert row["recoveries"] == 1
+    text = log.read_text(errors="replace")
+    starts = [json.loads(x[x.index("{"):]) for x in text.splitlines() if '"event": "start"' in x]
+    resumed = starts[-1]["resumed_from_step"]
+    saved = [json.loads(x[x.index("{"):])["step"] for x in text.splitlines() if '"event": "checkpoint"' in x]
+    # From the first attempt's last checkpoint, not step 0 (Slurm's SIGTERM on scancel may let it save one more)
+    assert len(starts) == 2 and resumed >= 20 and resumed in saved, (resumed, saved)
+    events = {e["kind"]: e["detail"] for e in json.loads(nl(home, "show", row["id"], "--json").stdout)["events"]}
+    assert events["recovered"] == f"resumed from step {resumed}" and "preempted" in events
+    assert "ok (1 recovery)" in nl(home, "ledger").stdout
+    assert nl(home, "logs", str(row["id"])).returncode == 0  # reattaching replays what SkyPilot still has
+    assert log.read_text(errors="replace") == text and '"event": "start"' in (log.parent / "reattach-1.log").read_text()
+    result = json.loads(text[text.rindex('{"event": "result"'):].splitlines()[0])
+    # The cost runs from the submission to the end: both clusters' time, at the cluster's rate.
+    assert row["cost_usd"] == pytest.approx(360 * row["wall_seconds"] / 3600)
+    assert row["wall_seconds"] > result["total_wall_seconds"]  # both attempts' training and more
+    gone_by = time.monotonic() + 600  # a bound on a hang only: SkyPilot tears it down after the job
+    while any(name.startswith(f"nl-{row['id']}-") for _, name in slurm_allocations()):
+        assert time.monotonic() < gone_by, "SkyPilot left the recovered cluster up"
+        time.sleep(1)

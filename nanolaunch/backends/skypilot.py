@@ -240,6 +240,15 @@ def jobs(prefix: str, active_only: bool = False) -> list[dict[str, Any]]:
             for r in records if str(_field(r, "job_name")).startswith(prefix)]
 
 
+def job_recoveries(job_id: int) -> int:
+    """How many times SkyPilot recovered the managed job: its own count, which sees a recovery even where the
+    lost attempt's output never reached the stream (a cluster lost seconds after it started)."""
+    sky = sdk()
+    with errors(f"reading managed job {job_id}"):
+        records = sky.get(sky.jobs.queue_v2(refresh=False, job_ids=[job_id], fields=["job_id", "recovery_count"]))[0]
+    return max((_field(r, "recovery_count") or 0 for r in records if _field(r, "job_id") == job_id), default=0)
+
+
 def _idle(task) -> int | None:
     for r in task.resources:
         auto = getattr(r, "autostop_config", None)
@@ -329,10 +338,18 @@ class Follower:
                 self.ledger.update(self.run_id, recoveries=self.starts - 1)
         self.live(event, self.state)
 
+    def settle_recoveries(self, counted_by_skypilot: int) -> None:
+        """SkyPilot's count stands where the stream showed fewer restarts (an attempt lost before it printed)."""
+        seen = max(self.starts - 1, self.ledger.get(self.run_id)["recoveries"] or 0)
+        if counted_by_skypilot > seen:
+            self.ledger.add_event(self.run_id, "recovered", f"SkyPilot recovered the job {counted_by_skypilot} "
+                                                            f"time(s); {seen} seen in its output")
+            self.ledger.update(self.run_id, recoveries=counted_by_skypilot)
+
 
 def dryrun(req: Request, plan: dict) -> dict:
     """The run's task, validated by SkyPilot, and the instance SkyPilot's optimizer picks for it."""
-    remote_run, remote_data, opts = placement(req.config, "dryrun", managed=req.config.spot)
+    remote_run, remote_data, opts = placement(req.config, "dryrun", managed=req.recovered)
     config = for_run(req, plan, run_dir=remote_run, data_dir=remote_data)
     task = render(config, opts, name=f"{PREFIX}dryrun")
     chosen = optimize(to_task(task))
@@ -342,7 +359,7 @@ def dryrun(req: Request, plan: dict) -> dict:
 
 def run(req: Request, ledger: Ledger | None = None) -> dict:
     """One run in the cloud; returns its finished ledger row."""
-    if req.config.spot and req.kind == "run":
+    if req.recovered:
         return _managed(req, ledger or Ledger())
     return sweep([req], ledger)[0]
 
@@ -425,6 +442,7 @@ def _managed(req: Request, ledger: Ledger) -> dict:
             ledger.update(run_id, sky_job_id=job_id)
             follower.display.status("running")
             code = job_tail(job_id, sink)
+        follower.settle_recoveries(job_recoveries(job_id))
         status, result = _outcome(follower, code)
     except KeyboardInterrupt:
         status, result = "cancelled", {**_partial(follower.state), "error": "interrupted: managed job cancelled"}

@@ -9,7 +9,7 @@ import typer
 
 from nanolaunch import output as out
 from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
-                                        ModelArg, NodesOpt, PresetOpt, RatioOpt, RunArg, SpotOpt, resolve)
+                                        ManagedOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt, RunArg, SpotOpt, resolve)
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import Ledger, pid_alive
@@ -26,19 +26,21 @@ def yaml(
     infra: InfraOpt = None,
     nodes: NodesOpt = None,
     spot: SpotOpt = None,
+    managed: ManagedOpt = False,
     name: Annotated[str, typer.Option(help="Run folder name inside the bucket.")] = "manual",
     bucket: Annotated[Optional[str], typer.Option(help="Bucket for checkpoints and data [env NANOLAUNCH_BUCKET].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the filled SkyPilot task: `sky launch` (or `sky jobs launch` with --spot) runs it by hand."""
+    """Print the filled SkyPilot task: `sky launch` (or `sky jobs launch` with --spot or --managed) runs it by hand."""
     from nanolaunch.launch import Request, derived, for_run
     from nanolaunch.task import placement, render, to_yaml
 
     config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
                              checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot)
     plan = derived(config, chosen)  # the same validation as plan: a batch that cannot divide fails here
-    run_dir, data_dir, opts = placement(config, name, managed=config.spot, bucket=bucket)
-    config = for_run(Request("run", config, chosen), plan, run_dir=run_dir, data_dir=data_dir)
+    req = Request("run", config, chosen, managed=managed)
+    run_dir, data_dir, opts = placement(config, name, managed=req.recovered, bucket=bucket)
+    config = for_run(req, plan, run_dir=run_dir, data_dir=data_dir)
     out.emit(render(config, opts, name=f"nl-{name}"), as_json, lambda task: sys.stdout.write(to_yaml(task)))
 
 

@@ -31,6 +31,10 @@ NodesOpt = Annotated[Optional[int], typer.Option("--nodes", help="Number of node
 SpotOpt = Annotated[Optional[bool], typer.Option(
     "--spot/--on-demand", help="Spot GPUs: priced at spot rates, run as a managed job recovered after preemption. "
                                "Unset: the preset's choice, else on-demand.", show_default=False)]
+ManagedOpt = Annotated[bool, typer.Option(
+    "--managed", help="Run as a SkyPilot managed job: when its cluster is lost (preempted, node failure, Slurm "
+                      "allocation ended) SkyPilot launches a new one and the trainer resumes from its last "
+                      "checkpoint. Spot runs always are.")]
 InfraOpt = Annotated[Optional[str], typer.Option(
     "--infra", help="Where SkyPilot runs it: slurm/NAME (a Slurm cluster in ~/.slurm/config), a cloud (aws), "
                     "or a cloud region (gcp/us-central1); default: the cheapest enabled cloud.")]

@@ -7,7 +7,7 @@ import typer
 
 from nanolaunch import batch_search, output as out, presets
 from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
-                                        LocalOpt, ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SpotOpt,
+                                        LocalOpt, ManagedOpt, ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SpotOpt,
                                         TitleOpt, resolve)
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.config import RunConfig
@@ -33,6 +33,7 @@ def run(
     infra: InfraOpt = None,
     nodes: NodesOpt = None,
     spot: SpotOpt = None,
+    managed: ManagedOpt = False,
     title: TitleOpt = "",
     project: ProjectOpt = "default",
     local: LocalOpt = False,
@@ -51,13 +52,15 @@ def run(
         raise NanolaunchError(f"estimated cost {out.usd(plan['cost_usd'])} exceeds --max-cost {out.usd(max_cost)} "
                               f"({out.hours(plan['wall_hours'])} at {out.usd(plan['usd_per_hour'])}/h)")
     req = Request("run", config, chosen, title, project, max_cost=max_cost, wandb_project=wandb_project or None,
-                  quiet=as_json)
+                  quiet=as_json, managed=managed)
     if dryrun:
         from nanolaunch.backends import skypilot
 
         out.emit(skypilot.dryrun(req, plan), as_json, _dryrun_summary)
         return
-    if _on_cloud(config, local):
+    if managed and local:
+        raise NanolaunchError("--managed runs as a SkyPilot managed job; it cannot run with --local")
+    if managed or _on_cloud(config, local):
         from nanolaunch.backends import skypilot
 
         row = skypilot.run(req)
