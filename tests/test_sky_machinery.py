@@ -9,6 +9,7 @@ import yaml
 
 from nanolaunch.backends import skypilot
 from nanolaunch.config import RunConfig
+from nanolaunch.errors import NanolaunchError
 from nanolaunch.task import RunOptions, render, to_yaml
 
 TINY = dict(depth=2, head_dim=32, vocab_size=512, seq_len=64, device_batch=4, total_batch=512, iterations=4,
@@ -201,3 +202,20 @@ def test_a_failed_setup_is_said_with_its_exit_code(tmp_path, monkeypatch):
     follower("ERROR: \x1b[31mJob 1's setup failed with return code 1 (pid=13720). See error logs above.\x1b[0m")
     status, result = skypilot._outcome(follower, 100)
     assert status == "crashed" and result["error"].startswith("setup failed (exit 1): ")
+
+
+def test_no_cloud_with_object_storage_is_said_as_such(sky_home, monkeypatch):
+    """Defect 6: with only Lambda and RunPod enabled, SkyPilot cannot place the run's bucket and says "No cloud
+    access available for storage"; nanolaunch used to pass that on as "run `sky check`". The error is SkyPilot's
+    own, raised by its own storage placement; only the clouds' credential state is given (it needs the clouds)."""
+    from sky import check as sky_check
+    from sky.data import storage
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # SkyPilot counts a Hugging Face token as a storage cloud
+    monkeypatch.setattr(sky_check, "get_cached_enabled_clouds_or_refresh", lambda capability, **kw: [])
+    with pytest.raises(NanolaunchError) as raised:
+        with skypilot.errors("launching nl-1"):
+            storage.get_cached_enabled_storage_cloud_names_or_refresh(raise_if_no_cloud_access=True)
+    message = str(raised.value)
+    assert "no enabled cloud has object storage" in message and "--infra slurm/NAME" in message
+    assert "\n" not in message

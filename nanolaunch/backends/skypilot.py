@@ -74,7 +74,12 @@ def errors(what: str):
     try:
         with _stdout_to_stderr():
             yield
-    except exc.NoCloudAccessError:
+    except exc.NoCloudAccessError as e:
+        if "storage" in str(e).lower():  # compute clouds enabled (Lambda, RunPod) but none that keeps a bucket
+            raise NanolaunchError(f"{what}: the run keeps its checkpoints and data in a bucket, and no enabled cloud "
+                                  "has object storage; enable one (AWS, GCP, Azure, Cloudflare R2, ...) with "
+                                  "`sky check`, or run on a Slurm cluster's shared filesystem with --infra "
+                                  "slurm/NAME") from None
         raise NanolaunchError(f"{what}: no cloud is enabled for SkyPilot; run `sky check` to set one up") from None
     except exc.ResourcesUnavailableError as e:
         text = str(e).lower()
