@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def save(run_dir, step, keep=2):
     return checkpoint.save(run_dir, step, model_state={"w": torch.full((4,), float(step))},
-                           optim_states=[{"state": {}}], rank_states=[{"loader": {"n": step}, "rng": {}}],
+                           optim_state=[{"state": {}}], rank_states=[{"loader": {"n": step}, "rng": {}}],
                            state={"step": step}, keep=keep)
 
 
@@ -28,8 +28,8 @@ def test_save_load_and_rotate(tmp_path):
     ck = checkpoint.load(path, rank=0)
     assert ck["state"]["step"] == 30 and ck["rank"]["loader"] == {"n": 30} and ck["world_size"] == 1
     assert torch.equal(ck["model"]["w"], torch.full((4,), 30.0))
-    with pytest.raises(checkpoint.CheckpointError):
-        checkpoint.load(path, rank=1)
+    with pytest.raises(checkpoint.CheckpointError, match="sharded over 1 ranks and this run has 2"):
+        checkpoint.load(path, rank=1, world_size=2)
     save(tmp_path, 40, keep=0)
     assert len(checkpoint.complete_checkpoints(tmp_path)) == 3  # keep=0 keeps all
     assert not list(checkpoint.root(tmp_path).glob(".tmp-*"))
@@ -73,7 +73,7 @@ def test_where_directories_cannot_be_renamed_files_move_marker_last(tmp_path, mo
 
     monkeypatch.setattr(os, "rename", rename)
     path = save(tmp_path, 10)
-    assert moved[-1] == checkpoint.MARKER and set(moved) == {*checkpoint.FILES, checkpoint.MARKER}
+    assert moved[-1] == checkpoint.MARKER and set(moved) == {*checkpoint.FILES, "optim-00000.pt", checkpoint.MARKER}
     assert checkpoint.latest(tmp_path) == path and checkpoint.load(path, rank=0)["state"]["step"] == 10
     assert not list(checkpoint.root(tmp_path).glob(".tmp-*"))
 
@@ -85,7 +85,7 @@ def test_write_that_dies_midway_leaves_no_complete_checkpoint(tmp_path, monkeypa
 
     def dying_save(obj, f):
         calls.append(f.name)
-        if Path(f.name).name == "optim.pt":
+        if Path(f.name).name == "ranks.pt":
             raise KeyboardInterrupt  # the process dies in the middle of the write
         return real(obj, f)
 

@@ -1,4 +1,5 @@
-"""Two gloo processes under torchrun train exactly like one process with the same total batch."""
+"""Gloo processes under torchrun train like one process with the same total batch, each holding its shard of
+the optimizer state (trainer/optim.py), and a run killed at 4 ranks resumes bit for bit."""
 import json
 import os
 import socket
@@ -66,3 +67,62 @@ def test_two_ranks_on_real_data_resume(corpus, tokenizer, tmp_path):
     assert start["resumed_from_step"] == 4 and result["status"] == "ok" and result["steps"] == 8
     assert [e["step"] for e in second if e["event"] == "step"] == [5, 6, 7, 8]
     assert result["val_bpb"] < [e for e in first if e["event"] == "eval"][0]["val_bpb"]
+
+
+def process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(p for child in children for p in process_tree(int(child)))]
+
+
+def optimizer_state_bytes(checkpoint_dir: Path, rank: int) -> int:
+    """Bytes of every tensor in one rank's optimizer state, as it saved it."""
+    states = torch.load(checkpoint_dir / f"optim-{rank:05d}.pt", weights_only=False)
+    return sum(t.numel() * t.element_size() for sd in states for per_param in sd["state"].values()
+               for t in per_param.values() if torch.is_tensor(t))
+
+
+def test_four_ranks_hold_a_quarter_of_the_optimizer_state_and_train_like_one(tmp_path):
+    args = [*COMMON, "--data-source", "synthetic", "--iterations", 6, "--eval-every", 0, "--eval-tokens", 2048,
+            "--checkpoint-every", 0]
+    args += ["--device-batch", 2]  # the same sequences in the same micro-batches: 1 rank × 4, 4 ranks × 1
+    rc1, one, err1 = launch(1, *args, "--run-dir", tmp_path / "one")
+    rc4, four, err4 = launch(4, *args, "--run-dir", tmp_path / "four")
+    assert rc1 == 0, err1
+    assert rc4 == 0, err4
+    assert [e["grad_accum"] for e in four if e["event"] == "start"] == [1]
+    l1 = [e["loss"] for e in one if e["event"] == "step"]
+    l4 = [e["loss"] for e in four if e["event"] == "step"]
+    assert len(l4) == 6 and l4 == pytest.approx(l1, rel=1e-4, abs=1e-5)
+    whole = optimizer_state_bytes(tmp_path / "one" / "checkpoints" / "step_000006", 0)
+    shares = [optimizer_state_bytes(tmp_path / "four" / "checkpoints" / "step_000006", r) for r in range(4)]
+    largest_matrix = 4 * 512 * 128  # bytes: the fp32 momentum of one (4d × d) matrix at d = 128
+    assert all(abs(share - whole / 4) <= largest_matrix for share in shares), (whole, shares)
+    assert sum(shares) == pytest.approx(whole, abs=64)  # every state once (AdamW's step counters aside)
+
+
+def test_four_ranks_killed_resume_bit_for_bit_and_refuse_another_world_size(tmp_path):
+    args = [*COMMON, "--data-source", "synthetic", "--device-batch", 2, "--iterations", 24, "--eval-every", 8,
+            "--eval-tokens", 2048, "--checkpoint-every", 4]
+    rc, want, err = launch(4, *args, "--run-dir", tmp_path / "full")
+    assert rc == 0, err
+    run_dir = tmp_path / "killed"
+    head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port",
+            str(free_port()), "-m", "trainer.train"]
+    proc = subprocess.Popen([*head, *map(str, args), "--run-dir", str(run_dir)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:
+        if line.lstrip().startswith("{") and json.loads(line[line.index("{"):])["event"] == "checkpoint":
+            for pid in process_tree(proc.pid):  # torchrun and every rank (each in a session of its own)
+                os.kill(pid, 9)  # no handler, no cleanup
+            break
+    proc.wait(60)
+    rc, got, err = launch(4, *args, "--run-dir", run_dir, "--resume")
+    assert rc == 0, err
+    resumed = [e for e in got if e["event"] == "start"][0]["resumed_from_step"]
+    assert resumed is not None and 4 <= resumed < 24
+    after = lambda evs: [(e["event"], e["step"], e.get("loss"), e.get("val_bpb")) for e in evs
+                         if e["event"] in ("step", "eval") and e["step"] > resumed]
+    assert after(got) == after(want)  # bit for bit
+    rc, _, err = launch(2, *[a if a != 2 else 4 for a in args], "--run-dir", run_dir, "--resume")
+    assert rc != 0 and "sharded over 4 ranks and this run has 2; resume it on 4 ranks" in err  # torchrun says 1

@@ -105,7 +105,7 @@ def test_optimizers_groups_and_lrs():
     scale = dmodel_lr_scale(128)
     assert scale == pytest.approx((128 / 768) ** -0.5)
     assert [g["lr"] for g in adam.param_groups] == pytest.approx([0.004 * scale, 0.2 * scale])
-    assert adam.defaults["betas"] == (0.8, 0.95)
+    assert adam.inner.defaults["betas"] == (0.8, 0.95)  # torch's own AdamW, on this rank's slices
     assert isinstance(muon, Muon)
     assert sum(len(g["params"]) for g in muon.param_groups) == 2 * 6  # q k v o fc proj per block
     x = torch.randint(0, 512, (2, 64))
@@ -114,6 +114,21 @@ def test_optimizers_groups_and_lrs():
     for opt in (adam, muon):
         opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_muon_in_bounded_chunks_takes_the_same_step():
+    """Orthogonalising a shape group MUON_CHUNK matrices at a time bounds the step's temporaries; the step is
+    the one a single batched call takes."""
+    steps = []
+    for chunk in (1, 3, 100):
+        model = tiny()
+        muon = Muon(model.param_groups()["matrix"], lr=0.02, chunk=chunk)
+        x = torch.randint(0, 512, (2, 64))
+        model(x, x).backward()
+        muon.step()
+        steps.append([p.detach().clone() for p in model.param_groups()["matrix"]])
+    for other in steps[1:]:
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(steps[0], other))
 
 
 def test_lr_schedule_and_muon_momentum():

@@ -2,13 +2,15 @@
 
 RUN_DIR/checkpoints/step_000500/
     model.pt    model state_dict (fp32)
-    optim.pt    [AdamW, Muon] state_dicts (replicated: the same on every rank)
+    optim-00003.pt  rank 3's [AdamW, Muon] state: its shard (optimizer state is sharded, trainer/optim.py);
+                    every rank writes its own, so a resume needs the same world size
     ranks.pt    per rank: data-loader position and RNG states, indexed by rank
     state.json  loop state: step, horizon, last val_bpb, wall seconds so far, shape and config
     COMPLETE    written last: step and the size of every file above
 
-A checkpoint is written into RUN_DIR/checkpoints/.tmp-step_000500-PID, every file fsynced, COMPLETE
-written and fsynced, then the directory is renamed to step_000500 (and the parent fsynced). A write that
+A checkpoint is written into RUN_DIR/checkpoints/.tmp-step_000500-PID (rank 0 names it; every rank writes
+its optimizer shard there, so across nodes RUN_DIR must be shared), every file fsynced, COMPLETE
+written and fsynced by rank 0 once every rank's file is there, then the directory is renamed to step_000500 (and the parent fsynced). A write that
 is killed leaves a .tmp-* directory (or, never, a step_* without COMPLETE); resume ignores both and the
 next run sweeps the temp directories. Where directories cannot be renamed (a FUSE bucket mount), the files
 are moved one by one into step_000500 with COMPLETE last, which keeps the same guarantee. Older complete
@@ -26,7 +28,11 @@ import torch
 
 DIRNAME = "checkpoints"
 MARKER = "COMPLETE"
-FILES = ("model.pt", "optim.pt", "ranks.pt", "state.json")
+FILES = ("model.pt", "ranks.pt", "state.json")  # and one optim-NNNNN.pt per rank
+
+
+def optim_file(rank: int) -> str:
+    return f"optim-{rank:05d}.pt"
 _STEP = re.compile(r"^step_(\d{6,})$")
 
 
@@ -94,57 +100,75 @@ def sweep(run_dir) -> list[Path]:
     return removed
 
 
-def save(run_dir, step: int, *, model_state: dict, optim_states: list, rank_states: list, state: dict,
+def save(run_dir, step: int, *, model_state: dict, optim_state: list, rank_states: list, state: dict,
          keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically (see module doc) and keep only the newest `keep` (0: all)."""
+    """Write checkpoint `step` atomically (see module doc) and keep only the newest `keep` (0: all). Every rank
+    calls it with its own optimizer state; rank 0's model, rank states and loop state are the ones written."""
+    import torch.distributed as dist
+
+    distributed = dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
     base = root(run_dir)
-    base.mkdir(parents=True, exist_ok=True)
     final = base / f"step_{step:06d}"
-    if is_complete(final):
-        return final  # the same step again (e.g. a resumed run that ends where it started)
-    tmp = base / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    _write(tmp / "model.pt", lambda f: torch.save(model_state, f))
-    _write(tmp / "optim.pt", lambda f: torch.save(optim_states, f))
-    _write(tmp / "ranks.pt", lambda f: torch.save(rank_states, f))
-    _write(tmp / "state.json", lambda f: f.write(json.dumps(state, indent=1).encode()))
-    sizes = {name: (tmp / name).stat().st_size for name in FILES}
-    _write(tmp / MARKER, lambda f: f.write(json.dumps({"step": step, "sizes": sizes}).encode()))
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)  # an incomplete leftover of the same name
-    try:
-        os.rename(tmp, final)
-    except OSError:  # bucket mounts (FUSE) may not rename directories: move the files, the marker last
-        _move_files(tmp, final)
-    _fsync_dir(base)
-    if keep > 0:
-        for old in complete_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    tmp = None
+    if rank == 0:
+        base.mkdir(parents=True, exist_ok=True)
+        if not is_complete(final):  # else the same step again (a resumed run that ends where it started)
+            tmp = base / f".tmp-{final.name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+    if distributed:
+        box = [str(tmp) if tmp else None]
+        dist.broadcast_object_list(box, src=0)
+        tmp = Path(box[0]) if box[0] else None
+    if tmp is None:
+        return final
+    _write(tmp / optim_file(rank), lambda f: torch.save(optim_state, f))
+    if distributed:
+        dist.barrier()  # every rank's shard is on disk before rank 0 completes the checkpoint
+    if rank == 0:
+        _write(tmp / "model.pt", lambda f: torch.save(model_state, f))
+        _write(tmp / "ranks.pt", lambda f: torch.save(rank_states, f))
+        _write(tmp / "state.json", lambda f: f.write(json.dumps(state, indent=1).encode()))
+        names = [*FILES, *(optim_file(r) for r in range(len(rank_states)))]
+        sizes = {name: (tmp / name).stat().st_size for name in names}
+        _write(tmp / MARKER, lambda f: f.write(json.dumps({"step": step, "sizes": sizes}).encode()))
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)  # an incomplete leftover of the same name
+        try:
+            os.rename(tmp, final)
+        except OSError:  # bucket mounts (FUSE) may not rename directories: move the files, the marker last
+            _move_files(tmp, final, names)
+        _fsync_dir(base)
+        if keep > 0:
+            for old in complete_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def _move_files(tmp: Path, final: Path) -> None:
+def _move_files(tmp: Path, final: Path, names: list[str]) -> None:
     """Still complete or invisible: until COMPLETE (with every size) arrives, resume ignores `final`."""
     final.mkdir()
-    for name in (*FILES, MARKER):
+    for name in (*names, MARKER):
         os.rename(tmp / name, final / name)
     _fsync_dir(final)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load(path: Path, rank: int) -> dict:
-    """Everything one rank needs: model, optimizers, its own loader/RNG state and the loop state."""
+def load(path: Path, rank: int, world_size: int = 1) -> dict:
+    """Everything one rank needs: model, its optimizer shard, its own loader/RNG state and the loop state.
+    The optimizer state is sharded by rank: another world size is refused, naming both."""
     path = Path(path)
     if not is_complete(path):
         raise CheckpointError(f"{path} is not a complete checkpoint")
     ranks = torch.load(path / "ranks.pt", map_location="cpu", weights_only=False)
-    if rank >= len(ranks):
-        raise CheckpointError(f"{path} was written by {len(ranks)} ranks; this is rank {rank}")
+    if len(ranks) != world_size:
+        raise CheckpointError(f"checkpoint {path} holds optimizer state sharded over {len(ranks)} ranks and this "
+                              f"run has {world_size}; resume it on {len(ranks)} ranks, or use another run_dir")
     return {
         "model": torch.load(path / "model.pt", map_location="cpu", weights_only=True),
-        "optim": torch.load(path / "optim.pt", map_location="cpu", weights_only=False),
+        "optim": torch.load(path / optim_file(rank), map_location="cpu", weights_only=False),
         "rank": ranks[rank],
         "world_size": len(ranks),
         "state": json.loads((path / "state.json").read_text()),

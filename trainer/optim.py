@@ -1,7 +1,8 @@
 """Optimizers and schedules (docs/DESIGN.md §3): Muon for block matrices, AdamW for embedding and head.
 
-Gradients are averaged across ranks before step() (DDP), so both optimizers run replicated: every
-rank holds the same optimizer state and takes the same step.
+Both shard their state across the data-parallel ranks (ZeRO-2, as nanochat): there is no DDP; each rank's
+gradients stay in .grad through the micro-steps, and step() reduce-scatters them, updates this rank's part
+(Muon: whole matrices it owns; AdamW: a flat slice of each parameter) and all-gathers the parameters.
 """
 from __future__ import annotations
 
@@ -37,43 +38,164 @@ def compile_newton_schulz() -> None:
     _ns = torch.compile(newton_schulz)
 
 
+MUON_CHUNK = 8  # matrices orthogonalised at once: bounds Muon's step temporaries whatever the depth
+
+
+class DataParallel:
+    """The data-parallel group an optimizer shards its state over (every rank of the run)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.on else 0
+        self.size = dist.get_world_size() if self.on else 1
+
+
 class Muon(torch.optim.Optimizer):
     """MomentUm Orthogonalized by Newton–Schulz: SGD-Nesterov momentum, then each 2-D update is
     replaced by its approximate orthogonalisation and scaled by √max(1, rows/cols).
-    Parameters of one shape are orthogonalised together in one batched call."""
+
+    Sharded (ZeRO-2): each matrix belongs to one rank, dealt round-robin across the shape groups (the next
+    group starts where the last one stopped, so the ranks' shares differ by at most one matrix). Per round of
+    one matrix per rank, the gradients are reduce-scattered (each owner gets the mean gradient of its matrix),
+    each owner updates its matrices (momentum lives on the owner only) and the matrices are all-gathered back.
+    Owned matrices are orthogonalised MUON_CHUNK at a time, so the step's temporaries do not grow with depth."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5):
+                 ns_steps: int = 5, chunk: int = MUON_CHUNK):
         params = list(params)
         assert all(p.ndim == 2 for p in params), "Muon takes 2-D parameters only"
         shapes = sorted({tuple(p.shape) for p in params})
         groups = [dict(params=[p for p in params if tuple(p.shape) == s]) for s in shapes]
         super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
+        self.dp, self.chunk = DataParallel(), chunk
+        self.rounds, dealt = [], 0  # per group: rounds of one slot per rank (None: that rank has none)
+        for group in self.param_groups:
+            self.rounds.append(_deal(group["params"], dealt % self.dp.size, self.dp.size))
+            dealt += len(group["params"])
+
+    def owned(self, group_index: int) -> list[torch.Tensor]:
+        return [r[self.dp.rank] for r in self.rounds[group_index] if r[self.dp.rank] is not None]
 
     @torch.no_grad()
     def step(self):
+        import torch.distributed as dist
+
+        rank, size = self.dp.rank, self.dp.size
+        for gi, group in enumerate(self.param_groups):
+            like = group["params"][0]
+            owned = self.owned(gi)
+            if self.dp.on:  # this rank's mean gradient of each matrix it owns, in the order of `owned`
+                grads, pending = [], []  # (work, its tensors): kept alive until the work is done
+                for slots in self.rounds[gi]:
+                    out = torch.empty_like(like)
+                    inputs = [p.grad if p is not None else torch.zeros_like(like) for p in slots]
+                    pending.append((dist.reduce_scatter(out, inputs, async_op=True), inputs))
+                    if slots[rank] is not None:
+                        grads.append(out)
+                for work, _ in pending:
+                    work.wait()
+                del pending
+                for g in grads:
+                    g.div_(size)
+            else:
+                grads = [p.grad for p in owned]
+            mom, scale = group["momentum"], max(1.0, like.size(-2) / like.size(-1)) ** 0.5
+            for lo in range(0, len(owned), self.chunk):
+                updates = []
+                for p, g in zip(owned[lo:lo + self.chunk], grads[lo:lo + self.chunk]):
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(g)
+                    buf = state["momentum_buffer"]
+                    buf.lerp_(g, 1 - mom)
+                    updates.append(g.lerp_(buf, mom) if group["nesterov"] else buf)  # g is not needed again
+                ortho = _ns(torch.stack(updates), group["ns_steps"])
+                for p, u in zip(owned[lo:lo + self.chunk], ortho.unbind(0)):
+                    p.add_(u.to(p.dtype), alpha=-group["lr"] * scale)
+                del updates, ortho
+            if self.dp.on:
+                del grads
+                gathers = []
+                for slots in self.rounds[gi]:
+                    outputs = [p.data if p is not None else torch.empty_like(like) for p in slots]
+                    mine = outputs[rank].clone()  # the input must not alias the output it is gathered into
+                    gathers.append((dist.all_gather(outputs, mine, async_op=True), mine))
+                for work, _ in gathers:
+                    work.wait()
+
+
+def _deal(params: list, start: int, size: int) -> list[list]:
+    """Rounds of `size` slots (slot r: rank r's matrix), dealing `params` in order from slot `start`."""
+    rounds = [[None] * size for _ in range(-(-(start + len(params)) // size))]
+    for i, p in enumerate(params):
+        rounds[(start + i) // size][(start + i) % size] = p
+    return rounds
+
+
+class ShardedAdamW(torch.optim.Optimizer):
+    """AdamW whose state is sharded (ZeRO-2): every parameter is split flat into world-size slices; the
+    gradient is reduce-scattered (each rank gets the mean gradient of its slice), torch's own AdamW updates
+    this rank's slice, a view into the parameter, and the slices are all-gathered back."""
+
+    def __init__(self, groups: list[dict], device_type: str):
+        super().__init__(groups, dict(lr=1e-3))
+        self.dp = DataParallel()
+        self.slices: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> this rank's slice of it (a view)
+        inner = []
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            mom = group["momentum"]
-            updates = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - mom)
-                updates.append(p.grad.lerp(buf, mom) if group["nesterov"] else buf)
-            ortho = _ns(torch.stack(updates), group["ns_steps"])
-            scale = max(1.0, params[0].size(-2) / params[0].size(-1)) ** 0.5
-            for p, u in zip(params, ortho.unbind(0)):
-                p.add_(u.to(p.dtype), alpha=-group["lr"] * scale)
+            views = []
+            for p in group["params"]:
+                n = p.numel()
+                per = -(-n // self.dp.size)
+                lo, hi = min(self.dp.rank * per, n), min((self.dp.rank + 1) * per, n)
+                view = p.detach().view(-1)[lo:hi]
+                self.slices[p] = view
+                views.append(view)
+            inner.append(dict(params=views, lr=group["lr"]))
+        self.inner = torch.optim.AdamW(inner, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0,
+                                       fused=device_type in ("cuda", "cpu"))
 
+    @torch.no_grad()
+    def step(self):
+        import torch.distributed as dist
 
-def adamw(groups: list[dict], device_type: str) -> torch.optim.AdamW:
-    return torch.optim.AdamW(groups, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0,
-                             fused=device_type in ("cuda", "cpu"))
+        size = self.dp.size
+        for group, inner in zip(self.param_groups, self.inner.param_groups):
+            inner["lr"] = group["lr"]
+            for p in group["params"]:
+                view = self.slices[p]
+                if not self.dp.on:
+                    view.grad = p.grad.view(-1)
+                    continue
+                per = -(-p.numel() // size)
+                flat = p.grad.view(-1)
+                if per * size != flat.numel():  # uneven: a padded copy (never for the shapes we train)
+                    flat = torch.cat([flat, flat.new_zeros(per * size - flat.numel())])
+                shard = flat.new_empty(per)
+                dist.reduce_scatter_tensor(shard, flat)
+                view.grad = shard[:view.numel()].div_(size)
+        self.inner.step()
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.slices[p].grad = None
+                if self.dp.on:
+                    per = -(-p.numel() // self.dp.size)
+                    mine = p.new_zeros(per)  # the input must not alias the output it is gathered into
+                    mine[:self.slices[p].numel()] = self.slices[p]
+                    if per * self.dp.size == p.numel():
+                        dist.all_gather_into_tensor(p.view(-1), mine)
+                    else:
+                        full = p.new_empty(per * self.dp.size)
+                        dist.all_gather_into_tensor(full, mine)
+                        p.view(-1).copy_(full[:p.numel()])
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
 
 
 def dmodel_lr_scale(model_dim: int) -> float:
@@ -86,8 +208,8 @@ def build_optimizers(model, *, matrix_lr: float, embedding_lr: float, unembeddin
     """[AdamW(head, embedding), Muon(block matrices)]; every group records its base lr in 'initial_lr'."""
     groups = model.param_groups()
     scale = dmodel_lr_scale(model.shape.model_dim)
-    adam = adamw([dict(params=groups["head"], lr=unembedding_lr * scale),
-                  dict(params=groups["embedding"], lr=embedding_lr * scale)], device_type)
+    adam = ShardedAdamW([dict(params=groups["head"], lr=unembedding_lr * scale),
+                         dict(params=groups["embedding"], lr=embedding_lr * scale)], device_type)
     muon = Muon(groups["matrix"], lr=matrix_lr, momentum=MUON_MOMENTUM[1])
     for opt in (adam, muon):
         for g in opt.param_groups:

@@ -1,7 +1,7 @@
 """Pretrain the GPT (docs/DESIGN.md, docs/trainer.md).
 
     python -m trainer.train --depth 4 --iterations 100 ...                    # one process (CPU or 1 GPU)
-    torchrun --nproc_per_node 8 -m trainer.train --depth 20 --ratio 20 ...    # DDP, NCCL or gloo
+    torchrun --nproc_per_node 8 -m trainer.train --depth 20 --ratio 20 ...    # data parallel, sharded optimizer state; NCCL or gloo
     NL_DEPTH=20 NL_RATIO=20 torchrun ... -m trainer.train                     # the same, as a SkyPilot task runs it
 
 Settings: trainer/settings.py (flags, or NL_* variables). Events (docs/events.md) go to stdout as JSON
@@ -167,7 +167,10 @@ def train(cfg: TrainConfig, run: Run) -> str:
         if path is None:
             log(f"resume: no complete checkpoint in {checkpoint.root(cfg.run_dir)}; starting fresh")
         else:
-            ck = checkpoint.load(path, env.rank)
+            try:
+                ck = checkpoint.load(path, env.rank, env.world_size)
+            except checkpoint.CheckpointError as e:
+                raise SettingError(str(e)) from None
             problem = checkpoint.check_fits(path, ck, facts)
             if problem:
                 raise SettingError(problem)
@@ -188,12 +191,8 @@ def train(cfg: TrainConfig, run: Run) -> str:
                           data.token_bytes(cfg.vocab_size), device, autocast)
     wandb = _wandb(cfg, env) if cfg.wandb_project and env.master else None
 
-    ddp_model = model
-    if env.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ddp_model = DDP(model, device_ids=[device.index] if kind == "cuda" else None)
-    train_model = torch.compile(ddp_model, dynamic=False) if compiled else ddp_model
-    eval_model = torch.compile(model, dynamic=False) if compiled else model
+    # No DDP: the optimizers reduce-scatter the gradients themselves (sharded state, trainer/optim.py)
+    train_model = eval_model = torch.compile(model, dynamic=False) if compiled else model
 
     config_event = {**cfg.to_dict(), "dtype_resolved": dtype, "compile_resolved": compiled,
                     "fused_loss_resolved": fused_loss, "threads": threads, "grad_accum": grad_accum,
@@ -215,14 +214,14 @@ def train(cfg: TrainConfig, run: Run) -> str:
                 wandb.log({"step": run.steps, "val_bpb": run.val_bpb})
 
     def save():
+        t0 = time.time()
         states = checkpoint.gather_rank_states(checkpoint.rank_state(train_loader, device))
+        state = {"step": run.steps, "iterations": iterations, "val_bpb": run.val_bpb, "loss": run.loss,
+                 "wall_seconds": run.wall(), **facts, "config": config_event}
+        path = checkpoint.save(cfg.run_dir, run.steps, model_state=model.state_dict(),
+                               optim_state=[o.state_dict() for o in optimizers], rank_states=states,
+                               state=state, keep=cfg.keep_checkpoints)
         if env.master:
-            t0 = time.time()
-            state = {"step": run.steps, "iterations": iterations, "val_bpb": run.val_bpb, "loss": run.loss,
-                     "wall_seconds": run.wall(), **facts, "config": config_event}
-            path = checkpoint.save(cfg.run_dir, run.steps, model_state=model.state_dict(),
-                                   optim_states=[o.state_dict() for o in optimizers], rank_states=states,
-                                   state=state, keep=cfg.keep_checkpoints)
             log(f"checkpoint: {path} ({time.time() - t0:.1f}s)")
             emit("checkpoint", step=run.steps, path=str(path))
         common.barrier()
@@ -241,11 +240,9 @@ def train(cfg: TrainConfig, run: Run) -> str:
             x, y = train_loader.next_batch()
             if kind == "cuda":
                 x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-            last_micro = micro == grad_accum - 1
-            with nullcontext() if not env.distributed or last_micro else ddp_model.no_sync():
-                with autocast():
-                    loss = train_model(x, y)
-                (loss / grad_accum).backward()
+            with autocast():
+                loss = train_model(x, y)
+            (loss / grad_accum).backward()
             loss_sum += loss.detach().float()
         lrm = lr_multiplier(step, iterations, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
         apply_schedule(optimizers, step, lrm)
