@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from trainer.arithmetic import ModelShape
+from trainer.arithmetic import MUON_CHUNK, ModelShape, muon_deal, muon_groups
 
 GIB = 2**30
 HEADROOM = 0.10  # fraction of device memory kept free: allocator fragmentation, NCCL buffers, spikes
@@ -38,9 +38,6 @@ MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 # bytes per logit element kept for the loss backward: bf16 logits on CUDA; on CPU the fused loss keeps
 # one (tokens × vocab) fp32 buffer (logits, overwritten by their gradient), its chunks are negligible
 LOGIT_BYTES = {"cuda": 2.0, "cpu": 4.0}
-# bytes per block-matrix parameter live during Muon's step beyond its state: the Nesterov copies, the
-# stacked batch and the bf16 Newton–Schulz intermediates of one shape group at a time (fitted, CPU)
-OPTIMIZER_STEP_BYTES = {"cuda": 0.0, "cpu": 11.0}
 # fraction of the smaller of the two moments still resident at the larger one's peak: on CPU the heap
 # one leaves behind is fragmented for the other's tensor sizes and is only partly reused (fitted)
 OVERLAP = {"cuda": 0.0, "cpu": 0.2}
@@ -63,7 +60,9 @@ class MemoryEstimate:
     device_memory_gib: float
     headroom: float = HEADROOM
     retained_gib: float = 0.0  # CPU: freed heap chunks glibc keeps (activations under its mmap threshold)
-    optimizer_step_gib: float = 0.0  # CPU: Muon's temporaries during the step (alternative peak)
+    optimizer_step_gib: float = 0.0  # Muon's step at its largest chunk: the stacked updates, Newton–Schulz's bf16
+    comm_gib: float = 0.0  # at the same moment: reduce-scattered gradients of the owned matrices, scratch
+    world_size: int = 1
     overlap: float = 0.0  # CPU: share of the smaller moment still resident at the larger one's peak
     data_gib: float = 0.0  # CPU: the real-data pipeline (parquet reader, tokenizer, loader thread)
 
@@ -73,8 +72,13 @@ class MemoryEstimate:
         return self.activations_gib + self.retained_gib + self.logits_gib
 
     @property
+    def step_gib(self) -> float:
+        """What the optimizer step adds on top of the fixed terms, at its peak."""
+        return self.comm_gib + self.optimizer_step_gib
+
+    @property
     def total_gib(self) -> float:
-        fwd, step = self.forward_gib, self.optimizer_step_gib
+        fwd, step = self.forward_gib, self.step_gib
         return (self.weights_gib + self.grads_gib + self.optimizer_gib + self.overhead_gib + self.data_gib
                 + max(fwd, step) + self.overlap * min(fwd, step))
 
@@ -92,8 +96,8 @@ class MemoryEstimate:
         if self.retained_gib:
             fwd += f" + retained {self.retained_gib:.2f}"
         fwd += f" + logits {self.logits_gib:.2f}"
-        if self.optimizer_step_gib:
-            step = f"optimizer step {self.optimizer_step_gib:.2f}"
+        if self.step_gib:
+            step = f"optimizer step {self.optimizer_step_gib:.2f}" + (f" + comm {self.comm_gib:.2f}" if self.comm_gib else "")
             fwd = f"max({fwd}, {step})" + (f" + {self.overlap:g}·min(…)" if self.overlap else "")
         data = f" + data {self.data_gib:.2f}" if self.data_gib else ""
         return (f"weights {self.weights_gib:.2f} + grads {self.grads_gib:.2f} + optimizer {self.optimizer_gib:.2f} + "
@@ -102,29 +106,69 @@ class MemoryEstimate:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update(total_gib=self.total_gib, usable_gib=self.usable_gib, fits=self.fits, forward_gib=self.forward_gib,
-                 breakdown=self.breakdown())
+                 step_gib=self.step_gib, breakdown=self.breakdown())
         return d
 
 
+def optimizer_shard_bytes(shape: ModelShape, world_size: int, rank: int) -> int:
+    """This rank's optimizer state: the fp32 momentum of the Muon matrices it owns, AdamW's two fp32 moments
+    of its slice of the embedding and the head, and their two step counters (fp32 scalars). Exact."""
+    groups = muon_groups(shape)
+    deals = muon_deal([n for _, n in groups], world_size)
+    muon = sum(4 * r * c * sum(1 for slots in rounds if slots[rank] is not None)
+               for ((r, c), _), rounds in zip(groups, deals))
+    adam = sum(8 * _slice(n, world_size, rank) + 4 for n in (shape.head_params, shape.embedding_params))
+    return muon + adam
+
+
+def muon_step_bytes(shape: ModelShape, world_size: int, rank: int) -> tuple[int, int]:
+    """(step temporaries, communication buffers) at the peak of this rank's Muon step (trainer/optim.py),
+    eager; exact. Per shape group, while a chunk of c owned matrices of r × c elements s = r·c, m = min(r, c):
+    the stacked fp32 updates 4·c·s and Newton–Schulz's bf16 buffers 2·c·max(4s + m², 3s + 3m²); with several
+    ranks also the reduce-scattered gradients of every owned matrix and one scratch matrix, 4·s·(owned + 1)
+    (or, where larger, AdamW's reduce-scattered gradient slices)."""
+    best = (0, 0)
+    deals = muon_deal([n for _, n in muon_groups(shape)], world_size)
+    for ((rows, cols), _), rounds in zip(muon_groups(shape), deals):
+        owned = sum(1 for slots in rounds if slots[rank] is not None)
+        if not owned:
+            continue
+        s, m, c = rows * cols, min(rows, cols), min(MUON_CHUNK, owned)
+        temps = 4 * c * s + 2 * c * max(4 * s + m * m, 3 * s + 3 * m * m)
+        comm = 4 * s * (owned + 1) if world_size > 1 else 0
+        best = max(best, (temps, comm), key=sum)
+    if world_size > 1:  # AdamW's step before it: the reduce-scattered gradient slices of the embedding and head
+        adam = sum(4 * -(-n // world_size) for n in (shape.head_params, shape.embedding_params))
+        best = max(best, (0, adam), key=sum)
+    return best
+
+
+def _slice(n: int, world_size: int, rank: int) -> int:
+    per = -(-n // world_size)
+    return max(0, min(n, (rank + 1) * per) - rank * per)
+
+
 def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, backend: str = "cuda", *,
-             real_data: bool = True) -> MemoryEstimate:
-    """Peak memory per device for one micro-batch of `device_batch` sequences; `real_data` False for
-    synthetic batches (probes with --probe-data synthetic, the calibration)."""
+             real_data: bool = True, world_size: int = 1) -> MemoryEstimate:
+    """Peak memory per device (rank 0, whose shares are the largest) for one micro-batch of `device_batch`
+    sequences; `real_data` False for synthetic batches (probes with --probe-data synthetic, the calibration)."""
     tokens = device_batch * shape.seq_len
     p = shape.params
-    adam_params = shape.embedding_params + shape.head_params
     layer_channels = tokens * shape.depth * shape.model_dim
     on_heap = 4 * tokens * shape.model_dim < MMAP_THRESHOLD_MAX  # one fp32 (tokens × d) activation
+    step = muon_step_bytes(shape, world_size, 0)
     return MemoryEstimate(
         weights_gib=4 * p / GIB,
         grads_gib=4 * p / GIB,
-        optimizer_gib=(4 * shape.matrix_params + 8 * adam_params) / GIB,
+        optimizer_gib=optimizer_shard_bytes(shape, world_size, 0) / GIB,
         activations_gib=ACTIVATION_BYTES[backend] * layer_channels / GIB,
         logits_gib=LOGIT_BYTES[backend] * tokens * shape.vocab_size / GIB,
         overhead_gib=OVERHEAD_GIB[backend],
         device_memory_gib=device_memory_gib,
         retained_gib=RETAINED_BYTES[backend] * layer_channels / GIB if on_heap else 0.0,
-        optimizer_step_gib=OPTIMIZER_STEP_BYTES[backend] * shape.matrix_params / GIB,
+        optimizer_step_gib=step[0] / GIB,
+        comm_gib=step[1] / GIB,
+        world_size=world_size,
         overlap=OVERLAP[backend],
         data_gib=DATA_GIB[backend] if real_data else 0.0,
     )

@@ -87,7 +87,8 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         warnings.append(f"device batch {config.train.device_batch} is not a power of two; kernels are usually slower")
 
     local = config.on_cpu
-    mem = memory.estimate(shape, config.train.device_batch, gpu.memory_gib, "cpu" if local else "cuda", real_data=not probe)
+    mem = memory.estimate(shape, config.train.device_batch, gpu.memory_gib, "cpu" if local else "cuda", real_data=not probe,
+                          world_size=world)
     tput = throughput(config, gpu, mfu, measured, measured_from)
 
     step_s = train_s = eval_s = wall_h = None

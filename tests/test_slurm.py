@@ -120,7 +120,9 @@ def test_ctrl_c_mid_run_stops_the_trainer_and_leaves_no_cluster(home):
                                  INFRA, "--title", "slurm ctrl-c", "--json"], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
                                 env={**client_env(home), "NANOLAUNCH_HOME": str(home)},
-                                cwd=REPO)
+                                cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # ^ a shell that started the tests in the background (`cmd &`) made them ignore SIGINT, and an ignored
+    #   signal stays ignored across exec: Ctrl-C must reach the launcher as it does from a terminal
 
     def steps_logged() -> int:
         rows = [x for x in json.loads(nl(home, "ledger", "--json").stdout) if x["title"] == "slurm ctrl-c"]

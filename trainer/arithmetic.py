@@ -92,6 +92,37 @@ class ModelShape:
         }
 
 
+MUON_CHUNK = 8  # matrices Muon orthogonalises at once: bounds its step's temporaries whatever the depth
+
+
+def muon_groups(shape: ModelShape) -> list[tuple[tuple[int, int], int]]:
+    """Muon's shape groups in the order it deals them to ranks: ((rows, cols), matrices), sorted by shape.
+    Per block: q, k, v, o (d × d), the MLP's c_fc (4d × d) and c_proj (d × 4d)."""
+    d, L = shape.model_dim, shape.depth
+    counts: dict[tuple[int, int], int] = {}
+    for rows_cols, n in (((d, d), 4 * L), ((4 * d, d), L), ((d, 4 * d), L)):
+        counts[rows_cols] = counts.get(rows_cols, 0) + n
+    return sorted(counts.items())
+
+
+def deal(count: int, start: int, world_size: int) -> list[list[int | None]]:
+    """Rounds of one slot per rank (slot r: the index of rank r's matrix, or None), dealing `count` matrices
+    in order from slot `start`: the ownership of Muon's sharded state (trainer/optim.py)."""
+    rounds: list[list[int | None]] = [[None] * world_size for _ in range(-(-(start + count) // world_size))]
+    for i in range(count):
+        rounds[(start + i) // world_size][(start + i) % world_size] = i
+    return rounds
+
+
+def muon_deal(group_sizes: list[int], world_size: int) -> list[list[list[int | None]]]:
+    """Every group's rounds; each group starts dealing where the last stopped, so shares differ by ≤ 1."""
+    out, dealt = [], 0
+    for n in group_sizes:
+        out.append(deal(n, dealt % world_size, world_size))
+        dealt += n
+    return out
+
+
 def grad_accum_steps(total_batch: int, device_batch: int, seq_len: int, world_size: int) -> int:
     """Micro-steps per optimizer step; refuses a split that is not whole, showing the arithmetic."""
     per_step = device_batch * seq_len * world_size

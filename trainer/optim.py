@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from trainer.arithmetic import MUON_CHUNK, muon_deal
+
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton–Schulz, maximal slope at zero (Keller Jordan)
 ADAM_BETAS = (0.8, 0.95)
 ADAM_EPS = 1e-10
@@ -38,7 +40,6 @@ def compile_newton_schulz() -> None:
     _ns = torch.compile(newton_schulz)
 
 
-MUON_CHUNK = 8  # matrices orthogonalised at once: bounds Muon's step temporaries whatever the depth
 
 
 class DataParallel:
@@ -70,68 +71,75 @@ class Muon(torch.optim.Optimizer):
         groups = [dict(params=[p for p in params if tuple(p.shape) == s]) for s in shapes]
         super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
         self.dp, self.chunk = DataParallel(), chunk
-        self.rounds, dealt = [], 0  # per group: rounds of one slot per rank (None: that rank has none)
-        for group in self.param_groups:
-            self.rounds.append(_deal(group["params"], dealt % self.dp.size, self.dp.size))
-            dealt += len(group["params"])
+        # per group: rounds of one slot per rank (None: that rank has none), as trainer/arithmetic.py deals them
+        dealt = muon_deal([len(g["params"]) for g in self.param_groups], self.dp.size)
+        self.rounds = [[[None if i is None else g["params"][i] for i in r] for r in rounds]
+                       for g, rounds in zip(self.param_groups, dealt)]
 
     def owned(self, group_index: int) -> list[torch.Tensor]:
         return [r[self.dp.rank] for r in self.rounds[group_index] if r[self.dp.rank] is not None]
 
     @torch.no_grad()
     def step(self):
+        for gi, group in enumerate(self.param_groups):
+            owned = self.owned(gi)
+            if not self.dp.on:
+                self._update(group, owned, [p.grad for p in owned])
+                continue
+            # Buffers beyond the state, one matrix each: the mean gradient of every owned matrix, and one
+            # scratch for the slots this rank does not own (and, while reducing, one zero for empty slots)
+            scratch = torch.empty_like(group["params"][0])
+            self._update(group, owned, self._reduce(gi, scratch))
+            self._gather(gi, scratch)
+
+    def _reduce(self, gi: int, scratch: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's mean gradient of each matrix it owns (reduce-scatter per round), in the order of owned()."""
         import torch.distributed as dist
 
-        rank, size = self.dp.rank, self.dp.size
-        for gi, group in enumerate(self.param_groups):
-            like = group["params"][0]
-            owned = self.owned(gi)
-            if self.dp.on:  # this rank's mean gradient of each matrix it owns, in the order of `owned`
-                grads, pending = [], []  # (work, its tensors): kept alive until the work is done
-                for slots in self.rounds[gi]:
-                    out = torch.empty_like(like)
-                    inputs = [p.grad if p is not None else torch.zeros_like(like) for p in slots]
-                    pending.append((dist.reduce_scatter(out, inputs, async_op=True), inputs))
-                    if slots[rank] is not None:
-                        grads.append(out)
-                for work, _ in pending:
-                    work.wait()
-                del pending
-                for g in grads:
-                    g.div_(size)
-            else:
-                grads = [p.grad for p in owned]
-            mom, scale = group["momentum"], max(1.0, like.size(-2) / like.size(-1)) ** 0.5
-            for lo in range(0, len(owned), self.chunk):
-                updates = []
-                for p, g in zip(owned[lo:lo + self.chunk], grads[lo:lo + self.chunk]):
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(g)
-                    buf = state["momentum_buffer"]
-                    buf.lerp_(g, 1 - mom)
-                    updates.append(g.lerp_(buf, mom) if group["nesterov"] else buf)  # g is not needed again
-                ortho = _ns(torch.stack(updates), group["ns_steps"])
-                for p, u in zip(owned[lo:lo + self.chunk], ortho.unbind(0)):
-                    p.add_(u.to(p.dtype), alpha=-group["lr"] * scale)
-                del updates, ortho
-            if self.dp.on:
-                del grads
-                gathers = []
-                for slots in self.rounds[gi]:
-                    outputs = [p.data if p is not None else torch.empty_like(like) for p in slots]
-                    mine = outputs[rank].clone()  # the input must not alias the output it is gathered into
-                    gathers.append((dist.all_gather(outputs, mine, async_op=True), mine))
-                for work, _ in gathers:
-                    work.wait()
+        rounds, rank = self.rounds[gi], self.dp.rank
+        zero = torch.zeros_like(scratch) if any(None in r for r in rounds) else None
+        grads, pending = [], []
+        for slots in rounds:
+            out = torch.empty_like(scratch) if slots[rank] is not None else scratch
+            pending.append(dist.reduce_scatter(out, [p.grad if p is not None else zero for p in slots],
+                                               async_op=True))
+            if slots[rank] is not None:
+                grads.append(out)
+        for work in pending:
+            work.wait()
+        for g in grads:
+            g.div_(self.dp.size)
+        return grads
 
+    def _update(self, group: dict, owned: list, grads: list) -> None:
+        """Momentum, Nesterov, Newton–Schulz and the step, MUON_CHUNK matrices at a time (grads are consumed)."""
+        mom, like = group["momentum"], group["params"][0]
+        scale = max(1.0, like.size(-2) / like.size(-1)) ** 0.5
+        for lo in range(0, len(owned), self.chunk):
+            updates = []
+            for p, g in zip(owned[lo:lo + self.chunk], grads[lo:lo + self.chunk]):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
+                buf.lerp_(g, 1 - mom)
+                updates.append(g.lerp_(buf, mom) if group["nesterov"] else buf)  # g is not needed again
+            ortho = _ns(torch.stack(updates), group["ns_steps"])
+            del updates
+            for p, u in zip(owned[lo:lo + self.chunk], ortho.unbind(0)):
+                p.add_(u.to(p.dtype), alpha=-group["lr"] * scale)
 
-def _deal(params: list, start: int, size: int) -> list[list]:
-    """Rounds of `size` slots (slot r: rank r's matrix), dealing `params` in order from slot `start`."""
-    rounds = [[None] * size for _ in range(-(-(start + len(params)) // size))]
-    for i, p in enumerate(params):
-        rounds[(start + i) // size][(start + i) % size] = p
-    return rounds
+    def _gather(self, gi: int, scratch: torch.Tensor) -> None:
+        """Every rank's updated matrices onto every rank (all-gather per round)."""
+        import torch.distributed as dist
+
+        rank, gathers = self.dp.rank, []
+        for slots in self.rounds[gi]:
+            outputs = [p.data if p is not None else scratch for p in slots]
+            mine = outputs[rank].clone()  # the input must not alias the output it is gathered into
+            gathers.append((dist.all_gather(outputs, mine, async_op=True), mine))
+        for work, _ in gathers:
+            work.wait()
 
 
 class ShardedAdamW(torch.optim.Optimizer):

@@ -1,0 +1,56 @@
+"""The exact terms of the memory model (nanolaunch/memory.py) against the real tensors of the trainer's model
+and optimizers in 1-, 2- and 4-rank gloo runs (tests/memory_census.py): parameters, gradients, every tensor of
+the optimizer state, and the peak of what the optimizer step creates (tests/live_bytes.py), never RSS."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanolaunch import memory
+from trainer.arithmetic import ModelShape
+
+from test_ddp import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+SHAPES = {  # (depth, vocab, seq_len, head_dim)
+    "small": (2, 512, 64, 64),
+    "deeper, few tokens: the optimizer step is the peak": (4, 512, 32, 64),
+}
+
+
+def census(world_size: int, shape: tuple) -> list[dict]:
+    head = [sys.executable] if world_size == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size), "--master_port",
+         str(free_port())]
+    out = subprocess.run([*head, str(REPO / "tests" / "memory_census.py"), *map(str, shape)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return sorted((json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")), key=lambda r: r["rank"])
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+@pytest.mark.parametrize("name", SHAPES)
+def test_every_exact_term_is_the_bytes_of_the_real_tensors(name, world_size):
+    shape = ModelShape(*SHAPES[name])
+    ranks = census(world_size, SHAPES[name])
+    assert len(ranks) == world_size
+    for r in ranks:
+        assert r["weights"] == r["grads"] == 4 * shape.params
+        assert r["optimizer"] == pytest.approx(memory.optimizer_shard_bytes(shape, world_size, r["rank"]), rel=0.01)
+        assert r["step_peak"] == pytest.approx(sum(memory.muon_step_bytes(shape, world_size, r["rank"])), rel=0.01)
+    estimate = memory.estimate(shape, 1, 80, "cpu", world_size=world_size)
+    assert estimate.optimizer_gib * memory.GIB == max(r["optimizer"] for r in ranks)
+    if name.startswith("deeper"):
+        assert estimate.step_gib > estimate.forward_gib  # the model's peak moment is the step here
+
+
+def test_a_quarter_of_the_optimizer_state_at_four_ranks_for_d34():
+    d34 = ModelShape(34)
+    whole = memory.optimizer_shard_bytes(d34, 1, 0)
+    largest = 4 * 4 * d34.model_dim ** 2  # one (4d × d) matrix's momentum
+    assert all(abs(memory.optimizer_shard_bytes(d34, 4, r) - whole / 4) <= largest for r in range(4))
+    assert whole / memory.GIB == pytest.approx(9.32, abs=0.01)
+    assert memory.optimizer_shard_bytes(d34, 8, 0) / memory.GIB == pytest.approx(1.2, abs=0.05)
