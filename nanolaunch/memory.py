@@ -35,6 +35,12 @@ ACTIVATION_BYTES = {"cuda": 28.0, "cpu": 93.0}
 # peak carries this many more bytes per (layer · token · channel); over it, tensors are mmap'd and returned.
 RETAINED_BYTES = {"cuda": 0.0, "cpu": 36.0}
 MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+# Eager bf16 autocast (CUDA without --compile): what autograd saves, counted with saved-tensor hooks on CPU
+# (tests/test_memory_model.py), least squares over 8 shapes, max error 0.5%: 48 B per layer·token·channel
+# (24 bf16 tensors of width d per block), 11.5 B per token·channel outside the blocks, per logit 2 B with
+# the fused loss and 8 B without (bf16 logits, their fp32 soft-capped copy), and autocast's bf16 copies of the
+# block matrices and the head (24·L·d² + 2·V·d B), which live until the backward pass has used them.
+EAGER_BF16 = {"per_layer_channel": 48.0, "per_channel": 11.5, "per_logit_fused": 2.0, "per_logit": 8.0}
 # bytes per logit element kept for the loss backward: bf16 logits on CUDA; on CPU the fused loss keeps
 # one (tokens × vocab) fp32 buffer (logits, overwritten by their gradient), its chunks are negligible
 LOGIT_BYTES = {"cuda": 2.0, "cpu": 4.0}
@@ -63,6 +69,8 @@ class MemoryEstimate:
     optimizer_step_gib: float = 0.0  # Muon's step at its largest chunk: the stacked updates, Newton–Schulz's bf16
     comm_gib: float = 0.0  # at the same moment: reduce-scattered gradients of the owned matrices, scratch
     world_size: int = 1
+    backend: str = "cuda"
+    compiled: bool = True
     overlap: float = 0.0  # CPU: share of the smaller moment still resident at the larger one's peak
     data_gib: float = 0.0  # CPU: the real-data pipeline (parquet reader, tokenizer, loader thread)
 
@@ -103,11 +111,49 @@ class MemoryEstimate:
         return (f"weights {self.weights_gib:.2f} + grads {self.grads_gib:.2f} + optimizer {self.optimizer_gib:.2f} + "
                 f"{fwd} + overhead {self.overhead_gib:.2f}{data}")
 
+    def terms(self) -> list[dict]:
+        """Each term per rank: its GiB, whether it is exact arithmetic or an assumed constant, and its source."""
+        cuda, w = self.backend == "cuda", self.world_size
+        eager = "eager bf16: counted with saved-tensor hooks (tests/test_memory_model.py)"
+        fitted_cuda = "fitted to the d10 A100-40GB record (docs/DESIGN.md §3); unmeasured on this trainer's GPU runs"
+        fitted_cpu = "fitted to peak RSS of 37 CPU probes (docs/memory.md)"
+        rows = [
+            ("weights", self.weights_gib, "exact", "4·P: fp32 master weights"),
+            ("gradients", self.grads_gib, "exact", "4·P: fp32, held through the micro-steps"),
+            ("optimizer shard", self.optimizer_gib, "exact",
+             f"Muon momentum of this rank's matrices + AdamW moments of its 1/{w} slice" if w > 1
+             else "Muon momentum + AdamW's two moments (one rank: all of it)"),
+            ("optimizer step", self.optimizer_step_gib, "exact", "≤ 8 stacked fp32 updates + Newton–Schulz's bf16 "
+             "buffers (eager; compiled assumed no larger)"),
+            ("communication", self.comm_gib, "exact", "reduce-scattered gradients of the owned matrices + one "
+             "scratch" if w > 1 else "none on one rank"),
+            ("activations", self.activations_gib, "exact" if cuda and not self.compiled else "assumed",
+             eager if cuda and not self.compiled else fitted_cuda if cuda else fitted_cpu),
+            ("logits", self.logits_gib, "exact" if not (cuda and self.compiled) else "assumed",
+             eager if cuda and not self.compiled else "bf16 logits, fitted with the activations" if cuda
+             else "one fp32 (tokens × vocab) buffer of the fused loss"),
+            ("CUDA context + workspace" if cuda else "process", self.overhead_gib, "assumed",
+             fitted_cuda if cuda else fitted_cpu),
+        ]
+        if not cuda:
+            rows += [("retained heap", self.retained_gib, "assumed", fitted_cpu),
+                     ("data pipeline", self.data_gib, "assumed", "measured on the stdlib corpus (docs/memory.md)")]
+        return [{"term": t, "gib": g, "kind": k, "source": src} for t, g, k, src in rows]
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update(total_gib=self.total_gib, usable_gib=self.usable_gib, fits=self.fits, forward_gib=self.forward_gib,
-                 step_gib=self.step_gib, breakdown=self.breakdown())
+                 step_gib=self.step_gib, breakdown=self.breakdown(), terms=self.terms())
         return d
+
+
+def eager_bf16_saved_bytes(shape: ModelShape, device_batch: int, fused_loss: bool = False) -> tuple[float, float]:
+    """(activations incl. autocast's weight copies, logits) that one eager bf16 forward pass saves for backward."""
+    n, d, c = device_batch * shape.seq_len, shape.model_dim, EAGER_BF16
+    activations = (c["per_layer_channel"] * n * shape.depth * d + c["per_channel"] * n * d
+                   + 24 * shape.depth * d * d + 2 * shape.vocab_size * d)
+    logits = (c["per_logit_fused"] if fused_loss else c["per_logit"]) * n * shape.vocab_size
+    return activations, logits
 
 
 def optimizer_shard_bytes(shape: ModelShape, world_size: int, rank: int) -> int:
@@ -149,7 +195,7 @@ def _slice(n: int, world_size: int, rank: int) -> int:
 
 
 def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, backend: str = "cuda", *,
-             real_data: bool = True, world_size: int = 1) -> MemoryEstimate:
+             real_data: bool = True, world_size: int = 1, compiled: bool = True) -> MemoryEstimate:
     """Peak memory per device (rank 0, whose shares are the largest) for one micro-batch of `device_batch`
     sequences; `real_data` False for synthetic batches (probes with --probe-data synthetic, the calibration)."""
     tokens = device_batch * shape.seq_len
@@ -157,18 +203,25 @@ def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, bac
     layer_channels = tokens * shape.depth * shape.model_dim
     on_heap = 4 * tokens * shape.model_dim < MMAP_THRESHOLD_MAX  # one fp32 (tokens × d) activation
     step = muon_step_bytes(shape, world_size, 0)
+    if backend == "cuda" and not compiled:
+        activations, logits = eager_bf16_saved_bytes(shape, device_batch)
+    else:
+        activations = ACTIVATION_BYTES[backend] * layer_channels
+        logits = LOGIT_BYTES[backend] * tokens * shape.vocab_size
     return MemoryEstimate(
         weights_gib=4 * p / GIB,
         grads_gib=4 * p / GIB,
         optimizer_gib=optimizer_shard_bytes(shape, world_size, 0) / GIB,
-        activations_gib=ACTIVATION_BYTES[backend] * layer_channels / GIB,
-        logits_gib=LOGIT_BYTES[backend] * tokens * shape.vocab_size / GIB,
+        activations_gib=activations / GIB,
+        logits_gib=logits / GIB,
         overhead_gib=OVERHEAD_GIB[backend],
         device_memory_gib=device_memory_gib,
         retained_gib=RETAINED_BYTES[backend] * layer_channels / GIB if on_heap else 0.0,
         optimizer_step_gib=step[0] / GIB,
         comm_gib=step[1] / GIB,
         world_size=world_size,
+        backend=backend,
+        compiled=compiled,
         overlap=OVERLAP[backend],
         data_gib=DATA_GIB[backend] if real_data else 0.0,
     )

@@ -88,7 +88,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
 
     local = config.on_cpu
     mem = memory.estimate(shape, config.train.device_batch, gpu.memory_gib, "cpu" if local else "cuda", real_data=not probe,
-                          world_size=world)
+                          world_size=world, compiled=config.mode[1])
     tput = throughput(config, gpu, mfu, measured, measured_from)
 
     step_s = train_s = eval_s = wall_h = None

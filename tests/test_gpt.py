@@ -147,6 +147,7 @@ def test_lr_schedule_and_muon_momentum():
 @pytest.mark.parametrize("device_name, kind", [
     ("NVIDIA A100-SXM4-40GB", "A100"), ("NVIDIA A100-SXM4-80GB", "A100-80GB"), ("NVIDIA A100 80GB PCIe", "A100-80GB"),
     ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100-PCIe"), ("NVIDIA H200", "H200"),
+    ("NVIDIA B200", "B200"), ("NVIDIA GB200", None),
     ("NVIDIA L40S", "L40S"), ("NVIDIA GeForce RTX 5090", "RTX5090"), ("NVIDIA GeForce RTX 4090", "RTX4090"),
     ("NVIDIA H100 NVL", None), ("Tesla T4", None), ("x86_64", None)])
 def test_the_trainer_finds_its_gpu_in_the_planners_table(device_name, kind):

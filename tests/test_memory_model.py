@@ -54,3 +54,31 @@ def test_a_quarter_of_the_optimizer_state_at_four_ranks_for_d34():
     assert all(abs(memory.optimizer_shard_bytes(d34, 4, r) - whole / 4) <= largest for r in range(4))
     assert whole / memory.GIB == pytest.approx(9.32, abs=0.01)
     assert memory.optimizer_shard_bytes(d34, 8, 0) / memory.GIB == pytest.approx(1.2, abs=0.05)
+
+
+@pytest.mark.parametrize("depth, vocab, seq_len, head_dim, batch", [(2, 512, 128, 64, 2), (4, 4096, 256, 64, 1),
+                                                                     (6, 1024, 128, 64, 2)])
+def test_eager_bf16_activations_are_what_autograd_saves(depth, vocab, seq_len, head_dim, batch):
+    """The eager bf16 term against the bytes of every tensor autograd saves in a forward pass (saved-tensor
+    hooks, each storage once; the parameters themselves excluded), under CPU bf16 autocast."""
+    import torch
+
+    from trainer.gpt import GPT
+
+    shape = ModelShape(depth, vocab, seq_len, head_dim)
+    torch.manual_seed(0)
+    model = GPT(shape, fused_loss=False)
+    model.init_weights()
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in own:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randint(0, vocab, (batch, seq_len))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x, x)
+    activations, logits = memory.eager_bf16_saved_bytes(shape, batch)
+    assert activations + logits == pytest.approx(sum(saved.values()), rel=0.01)

@@ -1,4 +1,7 @@
 """Prices: the shipped snapshot by default; SkyPilot's own cached catalog when this machine has one."""
+import json
+
+from conftest import nl
 from nanolaunch import planner, prices
 from nanolaunch.config import RunConfig
 
@@ -33,3 +36,17 @@ def test_local_rate_comes_from_the_environment(monkeypatch):
     p = planner.plan(RunConfig.build(depth=2, gpu="cpu", head_dim=64, seq_len=64, total_batch=512, device_batch=8,
                                iterations=4), mfu=None)
     assert p["usd_per_hour"] == 0.5 and prices.LOCAL_RATE_ENV in p["price_source"]
+
+
+def test_b200_is_planned_with_its_snapshot_price(tmp_path):
+    """docs/prices.md: a bucket-mounting run on 8×B200 lands on Lambda's gpu_8x_b200_sxm6; the cheapest spot is AWS
+    p6-b200; GCP's a4-highgpu-8g is left out (the catalog prices its VM part 0.0, so the node price is unknown)."""
+    r = nl(tmp_path, "plan", "d20", "--gpu", "B200:8", "--json")
+    assert r.returncode == 0, r.stderr
+    p = json.loads(r.stdout)
+    assert (p["gpu"], p["gpu_memory_gib"], p["peak_flops"]) == ("B200", 180, 2250e12)
+    assert p["usd_per_hour"] == 53.52 and p["usd_per_hour_spot"] == 13.0338
+    assert p["price_source"] == ("lambda gpu_8x_b200_sxm6 (us-east-1), "
+                                 "nanolaunch snapshot of skypilot-catalog, 2026-11-21")
+    assert prices.cheapest("B200", 1)[0].usd_per_hour == 6.79  # RunPod, for a run that mounts no bucket
+    assert {o.cloud for o in prices.offers() if o.accelerator == "B200"} == {"aws", "lambda", "runpod"}

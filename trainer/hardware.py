@@ -27,6 +27,9 @@ GPUS = {g.name: g for g in (
     GPU("H100", 80, 989, "NVIDIA H100 SXM 80GB", ("H100", "HBM3")),  # "NVIDIA H100 80GB HBM3" is the SXM part
     GPU("H100-PCIe", 80, 756, "NVIDIA H100 PCIe 80GB", ("H100", "PCIe")),
     GPU("H200", 141, 989, "NVIDIA H200 141GB", ("H200",)),
+    # NVIDIA HGX B200 datasheet: FP16/BF16 Tensor 4.5 PFLOPS per GPU with sparsity, so 2,250 dense; 180 GB as
+    # SkyPilot's catalogs state it. Key "NVIDIA B200", not "B200": a GB200 ("NVIDIA GB200") is another part.
+    GPU("B200", 180, 2250, "NVIDIA B200 180GB", ("NVIDIA B200",)),
     GPU("L40S", 48, 362, "NVIDIA L40S 48GB", ("L40S",)),
     GPU("RTX5090", 32, 209.5, "NVIDIA GeForce RTX 5090", ("RTX 5090",)),
     GPU("RTX4090", 24, 165.2, "NVIDIA GeForce RTX 4090", ("RTX 4090",)),

@@ -82,6 +82,16 @@ def render(p: dict) -> None:
     c.print(f"[bold]{title}[/] on {p['nodes']} node(s) of {p['gpus_per_node']}×{p['gpu']} ({p['gpu_description']})")
     for line in lines:
         c.print(line)
+    m = p["memory"]
+    t = out.table("term", "GiB", "kind", "source",
+                  title=f"memory per GPU (rank 0 of {m['world_size']}), at the larger of the two peaks: end of the "
+                        f"forward pass {m['forward_gib']:.2f} GiB, optimizer step {m['step_gib']:.2f} GiB")
+    for term in m["terms"]:
+        t.add_row(term["term"], f"{term['gib']:.2f}", term["kind"], term["source"])
+    t.add_row("total", f"{m['total_gib']:.2f}", "", f"{'fits' if m['fits'] else 'does not fit'}: usable "
+              f"{m['usable_gib']:.1f} GiB = {100 * (1 - m['headroom']):.0f}% of {m['device_memory_gib']:g} GiB")
+    c.print()
+    c.print(t)
     if p.get("past_predictions"):
         t = out.table("#", "kind", "wall predicted", "measured", "error", "cost predicted", "measured", "error",
                       "memory predicted", "measured", "error", title="past predictions against measurements")
