@@ -159,10 +159,7 @@ def eager_bf16_saved_bytes(shape: ModelShape, device_batch: int, fused_loss: boo
 def optimizer_shard_bytes(shape: ModelShape, world_size: int, rank: int) -> int:
     """This rank's optimizer state: the fp32 momentum of the Muon matrices it owns, AdamW's two fp32 moments
     of its slice of the embedding and the head, and their two step counters (fp32 scalars). Exact."""
-    groups = muon_groups(shape)
-    deals = muon_deal([n for _, n in groups], world_size)
-    muon = sum(4 * r * c * sum(1 for slots in rounds if slots[rank] is not None)
-               for ((r, c), _), rounds in zip(groups, deals))
+    muon = sum(4 * rows * cols * owned for (rows, cols), owned in _owned(shape, world_size, rank))
     adam = sum(8 * _slice(n, world_size, rank) + 4 for n in (shape.head_params, shape.embedding_params))
     return muon + adam
 
@@ -174,9 +171,7 @@ def muon_step_bytes(shape: ModelShape, world_size: int, rank: int) -> tuple[int,
     ranks also the reduce-scattered gradients of every owned matrix and one scratch matrix, 4·s·(owned + 1)
     (or, where larger, AdamW's reduce-scattered gradient slices)."""
     best = (0, 0)
-    deals = muon_deal([n for _, n in muon_groups(shape)], world_size)
-    for ((rows, cols), _), rounds in zip(muon_groups(shape), deals):
-        owned = sum(1 for slots in rounds if slots[rank] is not None)
+    for (rows, cols), owned in _owned(shape, world_size, rank):
         if not owned:
             continue
         s, m, c = rows * cols, min(rows, cols), min(MUON_CHUNK, owned)
@@ -187,6 +182,13 @@ def muon_step_bytes(shape: ModelShape, world_size: int, rank: int) -> tuple[int,
         adam = sum(4 * -(-n // world_size) for n in (shape.head_params, shape.embedding_params))
         best = max(best, (0, adam), key=sum)
     return best
+
+
+def _owned(shape: ModelShape, world_size: int, rank: int) -> list[tuple[tuple[int, int], int]]:
+    """Per Muon shape group: (rows, cols) and how many of its matrices this rank owns, as the trainer deals them."""
+    groups = muon_groups(shape)
+    deals = muon_deal([n for _, n in groups], world_size)
+    return [(rc, sum(1 for slots in rounds if slots[rank] is not None)) for (rc, _), rounds in zip(groups, deals)]
 
 
 def _slice(n: int, world_size: int, rank: int) -> int:

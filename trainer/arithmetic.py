@@ -99,10 +99,7 @@ def muon_groups(shape: ModelShape) -> list[tuple[tuple[int, int], int]]:
     """Muon's shape groups in the order it deals them to ranks: ((rows, cols), matrices), sorted by shape.
     Per block: q, k, v, o (d × d), the MLP's c_fc (4d × d) and c_proj (d × 4d)."""
     d, L = shape.model_dim, shape.depth
-    counts: dict[tuple[int, int], int] = {}
-    for rows_cols, n in (((d, d), 4 * L), ((4 * d, d), L), ((d, 4 * d), L)):
-        counts[rows_cols] = counts.get(rows_cols, 0) + n
-    return sorted(counts.items())
+    return sorted([((d, d), 4 * L), ((4 * d, d), L), ((d, 4 * d), L)])
 
 
 def deal(count: int, start: int, world_size: int) -> list[list[int | None]]:

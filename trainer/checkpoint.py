@@ -9,8 +9,9 @@ RUN_DIR/checkpoints/step_000500/
     COMPLETE    written last: step and the size of every file above
 
 A checkpoint is written into RUN_DIR/checkpoints/.tmp-step_000500-PID (rank 0 names it; every rank writes
-its optimizer shard there, so across nodes RUN_DIR must be shared), every file fsynced, COMPLETE
-written and fsynced by rank 0 once every rank's file is there, then the directory is renamed to step_000500 (and the parent fsynced). A write that
+its optimizer shard there, so across nodes RUN_DIR must be shared), every file fsynced, COMPLETE written
+and fsynced by rank 0 once every rank's file is there, then the directory is renamed to step_000500 (and
+the parent fsynced). A write that
 is killed leaves a .tmp-* directory (or, never, a step_* without COMPLETE); resume ignores both and the
 next run sweeps the temp directories. Where directories cannot be renamed (a FUSE bucket mount), the files
 are moved one by one into step_000500 with COMPLETE last, which keeps the same guarantee. Older complete
