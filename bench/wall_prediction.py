@@ -1,11 +1,13 @@
-"""How well the plan predicts a CPU run's wall time once the ledger holds a probe of the same preset.
+"""How well the plan predicts a CPU run's wall time: from a probe of the same preset in the ledger, from an
+earlier run, or on a machine the ledger has never seen (the machine's own calibration).
 
-    python bench/wall_prediction.py [--preset cpu_demo] [--iterations N] [--repeats 3] [--from probe|run]
+    python bench/wall_prediction.py [--preset cpu_demo] [--iterations N] [--repeats 3] [--from probe|run|calibration]
 
 Each repeat, in a fresh NANOLAUNCH_HOME whose data cache is already warm (a rerun, as in practice): probe
 the preset (`dry`, 20 steps) or, with `--from run`, run it once, read the plan's predicted wall time
-(which now uses that row), run the preset, and compare with the wall time the ledger recorded. Prints one
-line per repeat and the median error.
+(which now uses that row), run the preset, and compare with the wall time the ledger recorded. With
+`--from calibration` the home is wholly fresh, as a new user's: no ledger, no data, no calibration; the
+plan calibrates this machine, then the run builds its data. Prints one line per repeat and the median error.
 """
 from __future__ import annotations
 
@@ -31,20 +33,22 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu_demo")
     ap.add_argument("--iterations", type=int, help="override the preset's horizon (a longer run)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--from", dest="source", choices=("probe", "run"), default="probe",
-                    help="what the ledger holds before the plan: one probe, or one earlier run")
+    ap.add_argument("--from", dest="source", choices=("probe", "run", "calibration"), default="probe",
+                    help="what the plan predicts from: one probe, one earlier run, or a fresh home's calibration")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="nl-wall-"))
     warm = base / "warm"
-    nl(warm, "run", "--preset", args.preset, "--local", "--iterations", "2")  # fills the data cache once
+    if args.source != "calibration":
+        nl(warm, "run", "--preset", args.preset, "--local", "--iterations", "2")  # fills the data cache once
     errors = []
     for i in range(args.repeats):
         home = base / f"r{i}"
-        shutil.copytree(warm / "cache", home / "cache")
+        if args.source != "calibration":
+            shutil.copytree(warm / "cache", home / "cache")
         horizon = ["--iterations", str(args.iterations)] if args.iterations else []
         if args.source == "probe":
             nl(home, "dry", "--preset", args.preset, "--local")
-        else:
+        elif args.source == "run":
             nl(home, "run", "--preset", args.preset, "--local", *horizon)
         plan = nl(home, "plan", "--preset", args.preset, *horizon)
         row = nl(home, "run", "--preset", args.preset, "--local", *horizon)

@@ -33,11 +33,14 @@ def ledger_rows() -> list[dict]:
 
 
 def nearest(rows: list[dict], config: RunConfig) -> list[dict]:
-    """The measurements of the nearest measured config: ok rows on the same GPU kind (and GPUs per node),
-    closest to `config` first in precision and compilation (they change speed outright, unlike size, which
-    FLOPs scale for), then depth, device batch, sequence length and vocabulary; up to POOL of them, newest first."""
+    """The measurements of the nearest measured config: ok rows on the same GPU kind (and GPUs per node; for
+    a local CPU plan, this very machine), closest to `config` first in precision and compilation (they change speed
+    outright, unlike size, which FLOPs scale for), then depth, device batch, sequence length and vocabulary;
+    up to POOL of them, newest first."""
+    here = config.on_cpu and not config.slurm
+    machine = this_machine() if here else None
     same = [(r, c) for r in rows if r["status"] == "ok" and r["gpu"] == config.accelerator.name
-            and (r["gpu_count"] or 1) == config.gpus_per_node
+            and (r["gpu_count"] or 1) == config.gpus_per_node and (not here or r.get("machine") == machine)
             and r["tokens_per_second"] and r["steps"] and (c := _config(r)) is not None]
     if not same:
         return []
@@ -117,14 +120,25 @@ def describe(rows: list[dict]) -> str:
             f"seq {c['seq_len']} on {r['gpu_count'] or 1}×{r['gpu']}, {tps:,.0f} tok/s")
 
 
-def measured_for(config: RunConfig, preset, rows: list[dict], probe: bool = False) -> tuple[dict | None, str]:
-    """The ledger's nearest measurement, else the preset's recorded results, else nothing. `probe`: for a
-    probe's plan, whose start-up is a probe's."""
+def this_machine() -> str:
+    from trainer.hardware import this_cpu
+
+    return this_cpu().key
+
+
+def measured_for(config: RunConfig, preset, rows: list[dict], probe: bool = False,
+                 calibrate: bool = False) -> tuple[dict | None, str]:
+    """The ledger's nearest measurement; else, on a CPU, this machine's calibration (run first when
+    `calibrate`), never a figure from another machine; else the preset's recorded results; else nothing.
+    `probe`: for a probe's plan, whose start-up is a probe's."""
+    from nanolaunch import machine
     from nanolaunch.planner import measured_from_preset
 
     pool = nearest(rows, config)
     if pool:
         return measurement(pool, probe), describe(pool)
+    if config.on_cpu and not config.slurm:
+        return machine.measurement(calibrate)
     return measured_from_preset(preset, config)
 
 

@@ -73,13 +73,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN step_ms_mean REAL;     -- mean of the steps step_ms is the median of
         ALTER TABLE runs ADD COLUMN eval_seconds REAL;     -- time in evaluations (0 for a probe)
     """),
+    ("004_machine", """
+        ALTER TABLE runs ADD COLUMN gzip_bpb REAL;         -- gzip -9 on the text val_bpb was measured on
+        ALTER TABLE runs ADD COLUMN device_name TEXT;      -- the GPU's name, or the CPU's model, cores and bf16 flags
+        ALTER TABLE runs ADD COLUMN machine TEXT;          -- a CPU's key (trainer/hardware.py): rows alike in speed
+    """),
 ]
 
 COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "gpu", "gpu_count", "nodes", "status",
            "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb", "mfu",
            "tokens_per_second", "step_ms", "peak_memory_gib", "steps", "run_dir", "log_path", "result_path",
            "wandb_url", "git_commit", "error", "pid", "cluster", "sky_job_id", "managed", "recoveries", "step_ms_mean",
-           "eval_seconds")
+           "eval_seconds", "gzip_bpb", "device_name", "machine")
 JSON_COLUMNS = ("config", "plan")
 
 
@@ -152,7 +157,8 @@ class Ledger:
         wall = fields.pop("wall_seconds", None) or ended - (row["started_at"] or ended)
         result = result or {}
         figures = {k: result.get(k) for k in ("val_bpb", "mfu", "tokens_per_second", "step_ms", "peak_memory_gib",
-                                                 "steps", "step_ms_mean", "eval_seconds") if result.get(k) is not None}
+                                                 "steps", "step_ms_mean", "eval_seconds", "gzip_bpb", "device_name",
+                                                 "machine") if result.get(k) is not None}
         if result.get("error"):
             figures["error"] = str(result["error"])[:2000]
         rate = row["usd_per_hour"]

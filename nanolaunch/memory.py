@@ -66,13 +66,14 @@ class MemoryEstimate:
     device_memory_gib: float
     headroom: float = HEADROOM
     retained_gib: float = 0.0  # CPU: freed heap chunks glibc keeps (activations under its mmap threshold)
-    optimizer_step_gib: float = 0.0  # Muon's step at its largest chunk: the stacked updates, Newton–Schulz's bf16
+    optimizer_step_gib: float = 0.0  # Muon's step at its largest chunk: the stacked updates, Newton–Schulz's
     comm_gib: float = 0.0  # at the same moment: reduce-scattered gradients of the owned matrices, scratch
     world_size: int = 1
     backend: str = "cuda"
     compiled: bool = True
     overlap: float = 0.0  # CPU: share of the smaller moment still resident at the larger one's peak
     data_gib: float = 0.0  # CPU: the real-data pipeline (parquet reader, tokenizer, loader thread)
+    ns_bytes: int = 2  # Newton–Schulz's element: bf16, or fp32 where bf16 is emulated
 
     @property
     def forward_gib(self) -> float:
@@ -123,8 +124,8 @@ class MemoryEstimate:
             ("optimizer shard", self.optimizer_gib, "exact",
              f"Muon momentum of this rank's matrices + AdamW moments of its 1/{w} slice" if w > 1
              else "Muon momentum + AdamW's two moments (one rank: all of it)"),
-            ("optimizer step", self.optimizer_step_gib, "exact", "≤ 8 stacked fp32 updates + Newton–Schulz's bf16 "
-             "buffers (eager; compiled assumed no larger)"),
+            ("optimizer step", self.optimizer_step_gib, "exact", "≤ 8 stacked fp32 updates + Newton–Schulz's "
+             f"{'bf16' if self.ns_bytes == 2 else 'fp32'} buffers (eager; compiled assumed no larger)"),
             ("communication", self.comm_gib, "exact", "reduce-scattered gradients of the owned matrices + one "
              "scratch" if w > 1 else "none on one rank"),
             ("activations", self.activations_gib, "exact" if cuda and not self.compiled else "assumed",
@@ -164,10 +165,11 @@ def optimizer_shard_bytes(shape: ModelShape, world_size: int, rank: int) -> int:
     return muon + adam
 
 
-def muon_step_bytes(shape: ModelShape, world_size: int, rank: int) -> tuple[int, int]:
+def muon_step_bytes(shape: ModelShape, world_size: int, rank: int, ns_bytes: int = 2) -> tuple[int, int]:
     """(step temporaries, communication buffers) at the peak of this rank's Muon step (trainer/optim.py),
     eager; exact. Per shape group, while a chunk of c owned matrices of r × c elements s = r·c, m = min(r, c):
-    the stacked fp32 updates 4·c·s and Newton–Schulz's bf16 buffers 2·c·max(4s + m², 3s + 3m²); with several
+    the stacked fp32 updates 4·c·s and Newton–Schulz's buffers ns_bytes·c·max(4s + m², 3s + 3m²) (2: bf16,
+    4: fp32, where bf16 products are emulated: trainer/precision.py); with several
     ranks also the reduce-scattered gradients of every owned matrix and one scratch matrix, 4·s·(owned + 1)
     (or, where larger, AdamW's reduce-scattered gradient slices)."""
     best = (0, 0)
@@ -175,7 +177,7 @@ def muon_step_bytes(shape: ModelShape, world_size: int, rank: int) -> tuple[int,
         if not owned:
             continue
         s, m, c = rows * cols, min(rows, cols), min(MUON_CHUNK, owned)
-        temps = 4 * c * s + 2 * c * max(4 * s + m * m, 3 * s + 3 * m * m)
+        temps = 4 * c * s + ns_bytes * c * max(4 * s + m * m, 3 * s + 3 * m * m)
         comm = 4 * s * (owned + 1) if world_size > 1 else 0
         best = max(best, (temps, comm), key=sum)
     if world_size > 1:  # AdamW's step before it: the reduce-scattered gradient slices of the embedding and head
@@ -197,14 +199,15 @@ def _slice(n: int, world_size: int, rank: int) -> int:
 
 
 def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, backend: str = "cuda", *,
-             real_data: bool = True, world_size: int = 1, compiled: bool = True) -> MemoryEstimate:
+             real_data: bool = True, world_size: int = 1, compiled: bool = True, ns_bytes: int = 2) -> MemoryEstimate:
     """Peak memory per device (rank 0, whose shares are the largest) for one micro-batch of `device_batch`
-    sequences; `real_data` False for synthetic batches (probes with --probe-data synthetic, the calibration)."""
+    sequences; `real_data` False for synthetic batches (probes with --probe-data synthetic, the calibration);
+    `ns_bytes` 4 where Newton–Schulz runs in fp32 (a CPU without native bf16)."""
     tokens = device_batch * shape.seq_len
     p = shape.params
     layer_channels = tokens * shape.depth * shape.model_dim
     on_heap = 4 * tokens * shape.model_dim < MMAP_THRESHOLD_MAX  # one fp32 (tokens × d) activation
-    step = muon_step_bytes(shape, world_size, 0)
+    step = muon_step_bytes(shape, world_size, 0, ns_bytes)
     if backend == "cuda" and not compiled:
         activations, logits = eager_bf16_saved_bytes(shape, device_batch)
     else:
@@ -226,4 +229,5 @@ def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, bac
         compiled=compiled,
         overlap=OVERLAP[backend],
         data_gib=DATA_GIB[backend] if real_data else 0.0,
+        ns_bytes=ns_bytes,
     )

@@ -36,6 +36,13 @@ def warn(message: str) -> None:
     console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}")
 
 
+def note(message: str) -> None:
+    """Progress of slow work, on stderr (so --json output stays clean)."""
+    from rich.markup import escape
+
+    console(stderr=True).print(f"[dim]{escape(message)}[/]")
+
+
 def table(*columns: str, title: str | None = None):
     from rich.table import Table
 

@@ -88,7 +88,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
 
     local = config.on_cpu
     mem = memory.estimate(shape, config.train.device_batch, gpu.memory_gib, "cpu" if local else "cuda", real_data=not probe,
-                          world_size=world, compiled=config.mode[1])
+                          world_size=world, compiled=config.mode[1], ns_bytes=2 if _bf16_native(config) else 4)
     tput = throughput(config, gpu, mfu, measured, measured_from)
 
     step_s = train_s = eval_s = wall_h = None
@@ -136,6 +136,14 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
     if rank_alternatives and not local and not config.slurm:
         result["ranking"] = rank_gpus(config, mfu=mfu)
     return result
+
+
+def _bf16_native(config: RunConfig) -> bool:
+    """As trainer/precision.py decides, from what can be told without torch: every GPU in the table is of
+    compute capability 8.0 or later; a local CPU by its flags."""
+    if not config.on_cpu:
+        return True
+    return bool(hardware.this_cpu().bf16_flags) if not config.slurm else False
 
 
 def _cost(wall_hours: float | None, rate: float | None) -> float | None:

@@ -17,14 +17,16 @@ from nanolaunch.errors import NanolaunchError
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "presets"
 TOP_LEVEL = {"description", "base", "config", "provenance", "results"}
 RESULT_FIELDS = {
-    "val_bpb": float, "mfu": float, "step_ms": float, "tokens_per_second": float,
+    "val_bpb": float, "gzip_bpb": float, "mfu": float, "step_ms": float, "tokens_per_second": float,
     "peak_memory_gib": float, "wall_seconds": float, "cost_usd": float, "usd_per_hour": float,
 }
 PROVENANCE_FIELDS = {"source", "run_id", "date", "device_name", "commit", "price_source", "note"}
 
 
 def home() -> Path:
-    return Path(os.environ.get("NANOLAUNCH_HOME", Path.home() / ".nanolaunch"))
+    from trainer.hardware import nanolaunch_home
+
+    return nanolaunch_home()
 
 
 def user_dir() -> Path:

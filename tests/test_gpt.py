@@ -101,7 +101,8 @@ def test_newton_schulz_orthogonalises():
 
 def test_optimizers_groups_and_lrs():
     model = tiny()
-    adam, muon = build_optimizers(model, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, device_type="cpu")
+    adam, muon = build_optimizers(model, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, device_type="cpu",
+                                  ns_dtype=torch.bfloat16)
     scale = dmodel_lr_scale(128)
     assert scale == pytest.approx((128 / 768) ** -0.5)
     assert [g["lr"] for g in adam.param_groups] == pytest.approx([0.004 * scale, 0.2 * scale])

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import nl, tiny_preset
 from nanolaunch.ledger import pid_alive
+from trainer.hardware import this_cpu
 
 
 
@@ -49,6 +50,7 @@ def test_run_records_the_result_and_show_plots_it(home, tmp_path):
     assert row["mfu"] is None  # a CPU has no known peak: unknown, never guessed
     assert row["cost_usd"] == 0 and row["wall_seconds"] > 0 and row["peak_memory_gib"] > 0
     assert 0 < row["eval_seconds"] < row["wall_seconds"] and row["step_ms_mean"] >= 0.5 * row["step_ms"]
+    assert 0 < row["gzip_bpb"] < 8 and row["machine"] == this_cpu().key and this_cpu().model in row["device_name"]
     listed = [x for x in rows(home) if x["id"] == row["id"]][0]
     for key in ("id", "project", "title", "kind", "status", "preset", "gpu", "wall_seconds", "cost_usd", "val_bpb",
                 "mfu", "tokens_per_second", "peak_memory_gib"):
@@ -57,7 +59,7 @@ def test_run_records_the_result_and_show_plots_it(home, tmp_path):
     png = tmp_path / "curve.png"
     shown = nl(home, "show", str(row["id"]), "--plot", str(png))
     assert shown.returncode == 0, shown.stderr
-    assert "val_bpb" in shown.stdout and "loss" in shown.stdout
+    assert "val_bpb" in shown.stdout and "loss" in shown.stdout and "gzip -9 on the same text" in shown.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     promoted = nl(home, "preset", "promote", str(row["id"]), "--name", "tiny_promoted")

@@ -20,11 +20,11 @@ SHAPES = {  # (depth, vocab, seq_len, head_dim)
 }
 
 
-def census(world_size: int, shape: tuple) -> list[dict]:
+def census(world_size: int, shape: tuple, ns_bytes: int = 2) -> list[dict]:
     head = [sys.executable] if world_size == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size), "--master_port",
          str(free_port())]
-    out = subprocess.run([*head, str(REPO / "tests" / "memory_census.py"), *map(str, shape)], cwd=REPO,
+    out = subprocess.run([*head, str(REPO / "tests" / "memory_census.py"), *map(str, shape), str(ns_bytes)], cwd=REPO,
                          capture_output=True, text=True, timeout=600,
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
@@ -45,6 +45,17 @@ def test_every_exact_term_is_the_bytes_of_the_real_tensors(name, world_size):
     assert estimate.optimizer_gib * memory.GIB == max(r["optimizer"] for r in ranks)
     if name.startswith("deeper"):
         assert estimate.step_gib > estimate.forward_gib  # the model's peak moment is the step here
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_newton_schulz_in_fp32_doubles_its_buffers_exactly(world_size):
+    """Where bf16 products are emulated, Newton–Schulz runs in fp32 (trainer/precision.py): the step term
+    follows, still to the byte."""
+    deeper = next(v for k, v in SHAPES.items() if k.startswith("deeper"))
+    for r in census(world_size, deeper, ns_bytes=4):
+        shape = ModelShape(*deeper)
+        assert r["step_peak"] == pytest.approx(sum(memory.muon_step_bytes(shape, world_size, r["rank"], 4)), rel=0.01)
+        assert r["step_peak"] > sum(memory.muon_step_bytes(shape, world_size, r["rank"], 2)) * 1.1
 
 
 def test_a_quarter_of_the_optimizer_state_at_four_ranks_for_d34():

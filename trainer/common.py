@@ -10,14 +10,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-def cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class DistEnv:
     rank: int = 0
@@ -91,8 +83,8 @@ def is_oom(e: BaseException) -> bool:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-    return platform.processor() or platform.machine() or "cpu"
+    from trainer.hardware import this_cpu
+    return this_cpu().describe()
 
 
 def limit_memory(gib: float, device: torch.device) -> str:

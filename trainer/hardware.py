@@ -58,3 +58,80 @@ def mfu(flops_per_token: int, tokens_per_second: float | None, peak: float | Non
     if not tokens_per_second or not peak:
         return None
     return flops_per_token * tokens_per_second / (peak * devices)
+
+
+# Environment variables that narrow which instructions PyTorch's CPU kernels use (ATen, oneDNN, MKL): a
+# machine with them set behaves as another machine, so they are part of its identity.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # x86 flags of native bf16 matrix products
+
+
+@dataclass(frozen=True)
+class CPU:
+    """This machine's CPU as the trainer's speed depends on it: model, instruction flags, cores."""
+    model: str
+    flags: frozenset[str]
+    cores: int
+    isa_limits: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def bf16_flags(self) -> list[str]:
+        return [f for f in BF16_FLAGS if f in self.flags]
+
+    @property
+    def key(self) -> str:
+        """Stable id of this machine: two machines with the same key run the trainer at the same speed."""
+        import hashlib
+
+        text = "\n".join([self.model, " ".join(sorted(self.flags)), str(self.cores),
+                          *(f"{k}={v}" for k, v in self.isa_limits)])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def describe(self) -> str:
+        limits = "".join(f", {k}={v}" for k, v in self.isa_limits)
+        bf16 = "/".join(self.bf16_flags) or "no bf16 flag"
+        return f"{self.model}, {self.cores} cores, {bf16}{limits}"
+
+
+def this_cpu() -> CPU:
+    """Model and flags from /proc/cpuinfo (Linux); elsewhere the platform's name and no flags."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine() or "cpu", frozenset()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = frozenset(value.split())
+    except OSError:
+        pass
+    limits = tuple((k, os.environ[k]) for k in ISA_LIMITS if os.environ.get(k))
+    return CPU(model, flags, cores(), limits)
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def nanolaunch_home():
+    """NANOLAUNCH_HOME (default ~/.nanolaunch): the ledger, runs, presets and caches; on a node, the node's."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("NANOLAUNCH_HOME") or Path.home() / ".nanolaunch")
+
+
+def machine_cache(cpu: CPU):
+    """Where measurements of this machine are kept: NANOLAUNCH_HOME/cache/machines/<key>/."""
+    return nanolaunch_home() / "cache" / "machines" / cpu.key

@@ -17,10 +17,11 @@ MUON_MOMENTUM = (0.85, 0.95)  # warmed from the first to the second over MUON_MO
 MUON_MOMENTUM_STEPS = 300
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximately orthogonalise G (…, m, n): ~U·S'·Vᵀ with S' in about [0.5, 1.5]. Runs in bf16."""
+def newton_schulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Approximately orthogonalise G (…, m, n): ~U·S'·Vᵀ with S' in about [0.5, 1.5]. Runs in `dtype`: bf16
+    where its matrix products are native, fp32 where they are emulated (trainer/precision.py)."""
     a, b, c = NS_COEFFS
-    X = G.bfloat16()
+    X = G.to(dtype)
     tall = G.size(-2) > G.size(-1)
     if tall:
         X = X.mT
@@ -64,13 +65,13 @@ class Muon(torch.optim.Optimizer):
     Owned matrices are orthogonalised MUON_CHUNK at a time, so the step's temporaries do not grow with depth."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, chunk: int = MUON_CHUNK):
+                 ns_steps: int = 5, chunk: int = MUON_CHUNK, ns_dtype: torch.dtype = torch.bfloat16):
         params = list(params)
         assert all(p.ndim == 2 for p in params), "Muon takes 2-D parameters only"
         shapes = sorted({tuple(p.shape) for p in params})
         groups = [dict(params=[p for p in params if tuple(p.shape) == s]) for s in shapes]
         super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
-        self.dp, self.chunk = DataParallel(), chunk
+        self.dp, self.chunk, self.ns_dtype = DataParallel(), chunk, ns_dtype
         # per group: rounds of one slot per rank (None: that rank has none), as trainer/arithmetic.py deals them
         dealt = muon_deal([len(g["params"]) for g in self.param_groups], self.dp.size)
         self.rounds = [[[None if i is None else g["params"][i] for i in r] for r in rounds]
@@ -124,7 +125,7 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(g, 1 - mom)
                 updates.append(g.lerp_(buf, mom) if group["nesterov"] else buf)  # g is not needed again
-            ortho = _ns(torch.stack(updates), group["ns_steps"])
+            ortho = _ns(torch.stack(updates), group["ns_steps"], self.ns_dtype)
             del updates
             for p, u in zip(owned[lo:lo + self.chunk], ortho.unbind(0)):
                 p.add_(u.to(p.dtype), alpha=-group["lr"] * scale)
@@ -212,13 +213,14 @@ def dmodel_lr_scale(model_dim: int) -> float:
 
 
 def build_optimizers(model, *, matrix_lr: float, embedding_lr: float, unembedding_lr: float,
-                     device_type: str) -> list[torch.optim.Optimizer]:
-    """[AdamW(head, embedding), Muon(block matrices)]; every group records its base lr in 'initial_lr'."""
+                     device_type: str, ns_dtype: torch.dtype) -> list[torch.optim.Optimizer]:
+    """[AdamW(head, embedding), Muon(block matrices)]; every group records its base lr in 'initial_lr'.
+    ns_dtype: Newton–Schulz's precision, as trainer/precision.py chooses it for the device."""
     groups = model.param_groups()
     scale = dmodel_lr_scale(model.shape.model_dim)
     adam = ShardedAdamW([dict(params=groups["head"], lr=unembedding_lr * scale),
                          dict(params=groups["embedding"], lr=embedding_lr * scale)], device_type)
-    muon = Muon(groups["matrix"], lr=matrix_lr, momentum=MUON_MOMENTUM[1])
+    muon = Muon(groups["matrix"], lr=matrix_lr, momentum=MUON_MOMENTUM[1], ns_dtype=ns_dtype)
     for opt in (adam, muon):
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]

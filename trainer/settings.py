@@ -85,7 +85,9 @@ class TrainConfig:
     seed: int = setting(0, "init and data order", "run")
     # system
     device: str = setting("auto", "auto: CUDA when available", "system", choices=("auto", "cpu", "cuda"))
-    dtype: str = setting("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", "system", choices=("auto", "bf16", "fp32"))
+    dtype: str = setting("auto", "auto: bf16 autocast where bf16 matrix products are native and faster (compute "
+                         "capability ≥ 8.0; a CPU with AVX512-BF16/AMX, measured once), else fp32", "system",
+                         choices=("auto", "bf16", "fp32"))
     compile: bool | None = setting(None, "torch.compile the model and Newton–Schulz (unset: on for CUDA, off for CPU)",
                                    "system")
     fused_loss: bool | None = setting(None, "chunked head+softcap+loss (unset: on for CPU, off for CUDA)", "system")

@@ -62,6 +62,9 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.enc.decode(ids)
 
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return self.enc.decode_bytes(ids)
+
     def token_bytes(self) -> list[int]:
         """UTF-8 byte length per id, 0 for special tokens, so val_bpb counts only real text."""
         n_regular = self.bos_id  # special tokens come right after the mergeable ranks

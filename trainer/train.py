@@ -19,7 +19,7 @@ from contextlib import nullcontext
 
 from trainer.arithmetic import ShapeError, grad_accum_steps, iterations_for
 from trainer.events import EXIT_CODES, USAGE_EXIT, emit, emit_result
-from trainer.hardware import mfu, peak_flops
+from trainer.hardware import cores, mfu, peak_flops, this_cpu
 from trainer.settings import SettingError, TrainConfig, from_sources
 
 
@@ -43,7 +43,8 @@ class Run:
         self.t_start = time.time()
         self.wall_before = 0.0  # wall seconds of earlier segments of a resumed run
         self.steps = 0
-        self.loss = self.val_bpb = None
+        self.loss = self.val_bpb = self.gzip_bpb = None
+        self.device_name = self.machine = None  # what ran it; machine: the CPU's key (trainer/hardware.py)
         self.step_ms: list[float] = []
         self.eval_seconds = 0.0  # with the steps, what a wall-time prediction is made of
         self.device = self.peak = self.env = None
@@ -67,7 +68,8 @@ class Run:
                 peak_mem = round(peak_memory_gib(self.device), 4)
             except Exception:
                 pass
-        return dict(status=status, steps=self.steps, val_bpb=self.val_bpb, loss=self.loss,
+        return dict(status=status, steps=self.steps, val_bpb=self.val_bpb, gzip_bpb=self.gzip_bpb, loss=self.loss,
+                    device_name=self.device_name, machine=self.machine,
                     mfu=mfu(self.cfg.shape.flops_per_token, tps, self.peak, self.world_size),
                     peak_memory_gib=peak_mem, tokens_per_second=None if tps is None else round(tps, 1),
                     step_ms=None if med is None else round(med, 3),
@@ -86,6 +88,7 @@ def train(cfg: TrainConfig, run: Run) -> str:
     from trainer.dataset import prepare
     from trainer.evaluate import Evaluator
     from trainer.gpt import GPT
+    from trainer.precision import choose as choose_precision
     from trainer.optim import apply_schedule, build_optimizers, compile_newton_schulz, dmodel_lr_scale, lr_multiplier
 
     # -- device and processes --------------------------------------------------------------------------------
@@ -98,13 +101,14 @@ def train(cfg: TrainConfig, run: Run) -> str:
     if kind == "cuda":
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")
-    threads = cfg.threads or max(1, common.cores() // env.local_world_size)
+    threads = cfg.threads or max(1, cores() // env.local_world_size)
     torch.set_num_threads(threads)
-    dtype = {"auto": "bf16" if kind == "cuda" else "fp32"}.get(cfg.dtype, cfg.dtype)
     compiled = cfg.compile if cfg.compile is not None else kind == "cuda"
     fused_loss = cfg.fused_loss if cfg.fused_loss is not None else kind == "cpu"
     probe = cfg.probe is not None
     common.init_distributed(env, kind)
+    precision = choose_precision(cfg.dtype, device)
+    dtype = precision.dtype
     run.world_size = env.world_size
     autocast = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
 
@@ -117,10 +121,12 @@ def train(cfg: TrainConfig, run: Run) -> str:
     except ShapeError as e:
         raise SettingError(str(e)) from None
     tokens = iterations * cfg.total_batch
-    name = common.device_name(device)
+    run.device_name = name = common.device_name(device)
+    run.machine = None if kind == "cuda" else this_cpu().key
     run.peak = peak_flops(name) if kind == "cuda" else None
-    log(f"device: {name} ({kind}), world size {env.world_size}, {threads} threads/process, dtype {dtype}, "
+    log(f"device: {name} ({kind}), world size {env.world_size}, {threads} threads/process, "
         f"compile {'on' if compiled else 'off'}, fused loss {'on' if fused_loss else 'off'}")
+    log(f"precision: {precision.describe()}")
     log(f"model: depth {shape.depth}, model_dim {shape.model_dim} = 64·{shape.depth}, {shape.n_head} heads × "
         f"{shape.actual_head_dim}, vocab {shape.vocab_size:,}, seq_len {shape.seq_len:,}")
     log(f"params: {shape.params:,} = 2·{shape.vocab_size:,}·{shape.model_dim} + 12·{shape.depth}·{shape.model_dim}² "
@@ -147,7 +153,8 @@ def train(cfg: TrainConfig, run: Run) -> str:
     n = sum(p.numel() for p in model.parameters())
     assert n == shape.params, f"model has {n:,} parameters, ModelShape says {shape.params:,}"
     optimizers = build_optimizers(model, matrix_lr=cfg.matrix_lr, embedding_lr=cfg.embedding_lr,
-                                  unembedding_lr=cfg.unembedding_lr, device_type=kind)
+                                  unembedding_lr=cfg.unembedding_lr, device_type=kind,
+                                  ns_dtype=precision.newton_schulz)
     scale = dmodel_lr_scale(shape.model_dim)
     log(f"optimizers: Muon lr {cfg.matrix_lr:g} (momentum 0.85→0.95 over 300 steps) on {shape.matrix_params:,} "
         f"params; AdamW betas (0.8, 0.95): embedding lr {cfg.embedding_lr:g}·{scale:.4f} = "
@@ -188,7 +195,8 @@ def train(cfg: TrainConfig, run: Run) -> str:
     train_loader = run.train_loader = data.loader(cfg, env, grad_accum=grad_accum, threads=threads, state=loader_state)
     eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch * cfg.seq_len * env.world_size))
     evaluator = Evaluator(lambda: data.val_loader(cfg, env, threads=threads), eval_steps,
-                          data.token_bytes(cfg.vocab_size), device, autocast)
+                          data.token_bytes(cfg.vocab_size), device, autocast,
+                          None if data.synthetic else data.tokenizer.decode_bytes)
     wandb = _wandb(cfg, env) if cfg.wandb_project and env.master else None
 
     # No DDP: the optimizers reduce-scatter the gradients themselves (sharded state, trainer/optim.py)
@@ -204,12 +212,15 @@ def train(cfg: TrainConfig, run: Run) -> str:
              resumed_from_step=resumed_from)
 
     def evaluate():
+        if run.gzip_bpb is None:  # once: the validation text never changes
+            run.gzip_bpb = evaluator.gzip_bpb()
         t0 = time.time()
         run.val_bpb = evaluator.bpb(eval_model)
         run.eval_seconds += time.time() - t0
-        log(f"eval: step {run.steps:,} | val_bpb {run.val_bpb:.4f} | {time.time() - t0:.1f}s")
+        bar = "" if run.gzip_bpb is None else f" (gzip -9 on the same text: {run.gzip_bpb:.4f})"
+        log(f"eval: step {run.steps:,} | val_bpb {run.val_bpb:.4f}{bar} | {time.time() - t0:.1f}s")
         if env.master:
-            emit("eval", step=run.steps, val_bpb=run.val_bpb)
+            emit("eval", step=run.steps, val_bpb=run.val_bpb, gzip_bpb=run.gzip_bpb)
             if wandb:
                 wandb.log({"step": run.steps, "val_bpb": run.val_bpb})
 

@@ -20,8 +20,9 @@ app = typer.Typer(help="The ledger of runs and probes.", invoke_without_command=
 
 EXPORT_COLUMNS = ("id", "project", "title", "kind", "status", "preset", "gpu", "gpu_count", "nodes", "backend",
                   "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb",
-                  "mfu", "tokens_per_second", "step_ms", "step_ms_mean", "eval_seconds", "peak_memory_gib", "steps",
-                  "device_batch", "depth", "run_dir", "cluster", "managed", "recoveries", "wandb_url", "git_commit", "error")
+                  "gzip_bpb", "mfu", "tokens_per_second", "step_ms", "step_ms_mean", "eval_seconds", "peak_memory_gib", "steps",
+                  "device_batch", "depth", "run_dir", "cluster", "managed", "recoveries", "wandb_url", "git_commit", "device_name", "machine",
+                  "error")
 RECENT = 30
 
 

@@ -35,7 +35,7 @@ def plan(
                              device_batch=batch, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
                              shards=shards, spot=spot)
     rows = calibration.ledger_rows()
-    measured, measured_from = calibration.measured_for(config, chosen, rows)
+    measured, measured_from = calibration.measured_for(config, chosen, rows, calibrate=mfu is None)
     result = make_plan(config, mfu=mfu, measured=measured, measured_from=measured_from)
     result["preset"] = chosen.name if chosen else None
     result["config"] = config.to_dict()

@@ -63,11 +63,12 @@ def promote(
     if row["kind"] != "run" or row["status"] != "ok":
         raise NanolaunchError(f"run #{run} is a {row['kind']} with status {row['status']}: only a finished ok run "
                               "can become a preset")
-    results = {k: row[k] for k in ("val_bpb", "mfu", "tokens_per_second", "step_ms", "peak_memory_gib",
+    results = {k: row[k] for k in ("val_bpb", "gzip_bpb", "mfu", "tokens_per_second", "step_ms", "peak_memory_gib",
                                    "wall_seconds", "cost_usd", "usd_per_hour") if row[k] is not None}
     provenance = {"source": f"nanolaunch run #{run} ({row['backend']}, {row['gpu_count']}×{row['gpu']})",
                   "run_id": str(run), "date": _date(row["ended_at"]), "commit": row["git_commit"],
-                  "price_source": row["price_source"]}
+                  "price_source": row["price_source"], "device_name": row["device_name"]}
+    provenance = {k: v for k, v in provenance.items() if v is not None}
     text = presets.to_toml(f"promoted from run #{run}" + (f": {row['title']}" if row["title"] else ""),
                            row["config"], provenance, results)
     path = presets.write(name, text, overwrite=force)

@@ -71,9 +71,13 @@ def run(
         raise typer.Exit(1)
 
 
+def _gzip(r: dict) -> str:
+    return "" if r.get("gzip_bpb") is None else f" (gzip -9: {r['gzip_bpb']:.4f})"
+
+
 def _summary(r: dict) -> None:
     c = out.console()
-    c.print(f"run #{r['id']} {r['status']}: val_bpb {out.num(r['val_bpb'], 4)} · wall {out.seconds(r['wall_seconds'])}"
+    c.print(f"run #{r['id']} {r['status']}: val_bpb {out.num(r['val_bpb'], 4)}{_gzip(r)} · wall {out.seconds(r['wall_seconds'])}"
             f" · cost {out.usd(r['cost_usd'])} · MFU {out.pct(r['mfu'])} · {out.num(r['tokens_per_second'])} tok/s"
             f" · peak {out.num(r['peak_memory_gib'], 2)} GiB")
     if r.get("error"):

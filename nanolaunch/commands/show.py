@@ -59,10 +59,13 @@ def _render(d: dict) -> None:
                 f" · {out.num(plan.get('iterations'))} iterations · accum {plan.get('grad_accum')}"
                 f" · predicted peak {out.num(plan.get('peak_memory_gib'), 2)} GiB"
                 f" · predicted wall {out.hours(plan.get('wall_hours'))}")
-    c.print(f"result    val_bpb {out.num(d['val_bpb'], 4)} · MFU {out.pct(d['mfu'])} · "
+    bar = "" if d.get("gzip_bpb") is None else f" (gzip -9 on the same text: {d['gzip_bpb']:.4f})"
+    c.print(f"result    val_bpb {out.num(d['val_bpb'], 4)}{bar} · MFU {out.pct(d['mfu'])} · "
             f"{out.num(d['tokens_per_second'])} tokens/s · step {out.num(d['step_ms'])} ms · peak "
             f"{out.num(d['peak_memory_gib'], 2)} GiB · {out.num(d['steps'])} steps · wall "
             f"{out.seconds(d['wall_seconds'])} · {out.usd(d['cost_usd'])}")
+    if d.get("device_name"):
+        c.print(f"machine   {d['device_name']}" + (f" · key {d['machine']}" if d.get("machine") else ""))
     if d.get("error"):
         c.print(f"error     {d['error']}")
     c.print(f"folder    {d['run_dir']}")
