@@ -37,10 +37,9 @@ def nearest(rows: list[dict], config: RunConfig) -> list[dict]:
     a local CPU plan, this very machine), closest to `config` first in precision and compilation (they change speed
     outright, unlike size, which FLOPs scale for), then depth, device batch, sequence length and vocabulary;
     up to POOL of them, newest first."""
-    here = config.on_cpu and not config.slurm
-    machine = this_machine() if here else None
+    machine = this_machine() if config.on_this_cpu else None
     same = [(r, c) for r in rows if r["status"] == "ok" and r["gpu"] == config.accelerator.name
-            and (r["gpu_count"] or 1) == config.gpus_per_node and (not here or r.get("machine") == machine)
+            and (r["gpu_count"] or 1) == config.gpus_per_node and (machine is None or r.get("machine") == machine)
             and r["tokens_per_second"] and r["steps"] and (c := _config(r)) is not None]
     if not same:
         return []
@@ -137,7 +136,7 @@ def measured_for(config: RunConfig, preset, rows: list[dict], probe: bool = Fals
     pool = nearest(rows, config)
     if pool:
         return measurement(pool, probe), describe(pool)
-    if config.on_cpu and not config.slurm:
+    if config.on_this_cpu:
         return machine.measurement(calibrate)
     return measured_from_preset(preset, config)
 

@@ -67,6 +67,11 @@ class RunConfig:
         return self.accelerator.name == gpus.CPU_NAME
 
     @property
+    def on_this_cpu(self) -> bool:
+        """Runs on this machine's CPU (not a Slurm node's): its speed is this machine's."""
+        return self.on_cpu and not self.slurm
+
+    @property
     def world_size(self) -> int:
         return self.gpus_per_node * self.nodes
 

@@ -47,8 +47,8 @@ def measurement(calibrate: bool) -> tuple[dict | None, str]:
         found = run_calibration()
     if found is None:
         return None, ""
-    return ({k: found[k] for k in ("tokens_per_second", "flops_per_token", "startup_seconds")} | {"devices": 1,
-                                                                                                  "mfu": None},
+    measured = {k: found[k] for k in ("tokens_per_second", "flops_per_token", "startup_seconds")}
+    return ({**measured, "devices": 1, "mfu": None},
             f"calibration of this machine ({found['device_name']}): {found['probe']}, "
             f"{found['tokens_per_second']:,.0f} tok/s")
 

@@ -143,7 +143,7 @@ def _bf16_native(config: RunConfig) -> bool:
     compute capability 8.0 or later; a local CPU by its flags."""
     if not config.on_cpu:
         return True
-    return bool(hardware.this_cpu().bf16_flags) if not config.slurm else False
+    return config.on_this_cpu and bool(hardware.this_cpu().bf16_flags)
 
 
 def _cost(wall_hours: float | None, rate: float | None) -> float | None:
