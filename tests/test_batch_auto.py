@@ -11,12 +11,12 @@ def nl(home, *args):
 
 
 def test_auto_matches_the_exhaustive_sweep_with_fewer_probes(tmp_path):
-    every = json.loads(nl(tmp_path, "dry", "--preset", "cpu_demo", "--batch", "1,2,4,8,16", "--iters", "10",
+    every = json.loads(nl(tmp_path, "dry", "--preset", "cpu_demo", "--batch", "1,2,4,8,16,32", "--iters", "10",
                           "--local", "--project", "exhaustive", "--json"))
     auto = json.loads(nl(tmp_path, "dry", "--preset", "cpu_demo", "--batch", "auto", "--iters", "10", "--local",
                          "--project", "auto", "--save-preset", "cpu_demo_tuned", "--json"))
-    assert [r["device_batch"] for r in every] == [1, 2, 4, 8, 16]
-    assert [r["device_batch"] for r in auto] == [16, 8, 4, 2, 1][:len(auto)]  # largest first
+    assert [r["device_batch"] for r in every] == [1, 2, 4, 8, 16, 32]
+    assert [r["device_batch"] for r in auto] == [32, 16, 8, 4, 2, 1][:len(auto)]  # largest first
     assert len(auto) < len(every)
     (best_every,) = [r["device_batch"] for r in every if r["best"]]
     (best_auto,) = [r["device_batch"] for r in auto if r["best"]]
