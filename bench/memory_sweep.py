@@ -4,7 +4,7 @@
     .venv/bin/python bench/memory_sweep.py --from-csv nanolaunch/data/memory_cpu.csv --fit   # refit only
 
 Every measured figure is the trainer's own report: `python -m trainer.train --probe N` on synthetic data
-with what nanolaunch runs on a CPU (--dtype auto = fp32, compile off, fused loss on), one micro-step per
+with what the CPU model describes (--dtype fp32, compile off, fused loss on), one micro-step per
 optimizer step, 1 torch thread per process; its result event's peak_memory_gib is the process's peak
 resident set size. The prediction is nanolaunch.memory.estimate(..., "cpu"). --fit prints the least-squares
 CPU constants (docs/memory.md): the weights, grads, optimizer-state and logit terms are analytic, the
@@ -61,7 +61,7 @@ def trainer_cmd(depth: int, batch: int, seq: int, vocab: int, run_dir: Path, ste
             "--device-batch", str(batch), "--total-batch", str(batch * seq * accum), "--vocab-size", str(vocab),
             "--head-dim", str(HEAD_DIM), "--probe", str(steps), "--data-source", "synthetic",
             "--eval-tokens", str(batch * seq), "--run-dir", str(run_dir), "--threads", str(threads),
-            "--dtype", "auto"]
+            "--dtype", "fp32"]
 
 
 def measure(depth: int, batch: int, seq: int, vocab: int, work: Path, steps: int = 8, threads: int = 1,

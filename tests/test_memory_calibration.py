@@ -1,8 +1,9 @@
 """The CPU peak-memory model against the real trainer's own peak-memory report (docs/memory.md).
 
-Each configuration is a real `python -m trainer.train --probe` subprocess with the CPU defaults nanolaunch
-runs (fp32, eager, fused loss), on synthetic data; its result event's peak_memory_gib (the process's peak
-RSS) must be within ±15% of nanolaunch.memory.estimate(..., "cpu"). Two trainers run at a time.
+Each configuration is a real `python -m trainer.train --probe` subprocess in what the CPU model describes
+(fp32, eager, fused loss; pinned, since `--dtype auto` is bf16 where a CPU has native bf16), on synthetic
+data; its result event's peak_memory_gib (the process's peak RSS) must be within ±15% of
+nanolaunch.memory.estimate(..., "cpu"). Two trainers run at a time.
 """
 import json
 import os
@@ -32,7 +33,7 @@ def measured_peak(cfg, run_dir: Path) -> float:
     depth, batch, seq, vocab = cfg
     cmd = [sys.executable, "-m", "trainer.train", "--depth", depth, "--seq-len", seq, "--device-batch", batch,
            "--total-batch", batch * seq, "--vocab-size", vocab, "--head-dim", HEAD_DIM, "--probe", STEPS,
-           "--data-source", "synthetic", "--eval-tokens", batch * seq, "--threads", 1, "--dtype", "auto",
+           "--data-source", "synthetic", "--eval-tokens", batch * seq, "--threads", 1, "--dtype", "fp32",
            "--run-dir", run_dir]
     out = subprocess.run(list(map(str, cmd)), cwd=REPO, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
