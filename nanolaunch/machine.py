@@ -29,15 +29,8 @@ class CalibrationError(NanolaunchError):
     pass
 
 
-def cache_path() -> Path:
-    return hardware.machine_cache(hardware.this_cpu()) / FILE
-
-
 def cached() -> dict | None:
-    try:
-        return json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return None
+    return hardware.read_measurement(hardware.this_cpu(), FILE)
 
 
 def measurement(calibrate: bool) -> tuple[dict | None, str]:
@@ -80,9 +73,5 @@ def run_calibration() -> dict:
              "device_name": result.get("device_name"), "machine": result.get("machine"),
              "probe": f"{PROBE_STEPS}-step probe of {REFERENCE_PRESET} d{config.depth} batch {config.device_batch}",
              "measured_at": time.time()}
-    path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(found, indent=1))
-    os.replace(tmp, path)
+    hardware.keep_measurement(hardware.this_cpu(), FILE, found)
     return found

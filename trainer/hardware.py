@@ -135,3 +135,25 @@ def nanolaunch_home():
 def machine_cache(cpu: CPU):
     """Where measurements of this machine are kept: NANOLAUNCH_HOME/cache/machines/<key>/."""
     return nanolaunch_home() / "cache" / "machines" / cpu.key
+
+
+def read_measurement(cpu: CPU, name: str) -> dict | None:
+    """A measurement of this machine kept under machine_cache (None: never taken, or unreadable)."""
+    import json
+
+    try:
+        return json.loads((machine_cache(cpu) / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def keep_measurement(cpu: CPU, name: str, data: dict) -> None:
+    """Whole or absent: written aside, then renamed (a concurrent process writes the same figure)."""
+    import json
+    import os
+
+    path = machine_cache(cpu) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

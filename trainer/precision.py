@@ -11,8 +11,6 @@ under bf16 autocast where bf16 products are native and faster, else in fp32.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 
@@ -68,17 +66,12 @@ def bf16_native(device: torch.device) -> Native:
 
 def measured_speedup(cpu: hardware.CPU) -> tuple[float, bool]:
     """fp32 time / bf16 time of a BENCH_SIZE² product on this CPU, and whether it came from the cache."""
-    path = hardware.machine_cache(cpu) / "bf16.json"
-    try:
-        return float(json.loads(path.read_text())["speedup"]), True
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    found = hardware.read_measurement(cpu, "bf16.json")
+    if found and isinstance(found.get("speedup"), (int, float)):
+        return float(found["speedup"]), True
     speedup = time_product(torch.float32) / time_product(torch.bfloat16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"speedup": speedup, "cpu": cpu.describe(), "size": BENCH_SIZE,
-                               "measured_at": time.time()}))
-    os.replace(tmp, path)  # whole or absent: a concurrent rank writes the same figure
+    hardware.keep_measurement(cpu, "bf16.json", {"speedup": speedup, "cpu": cpu.describe(), "size": BENCH_SIZE,
+                                                 "measured_at": time.time()})
     return speedup, False
 
 
