@@ -35,7 +35,7 @@ CANDIDATES = {  # name: trainer flags (the rest shared below)
     "d2-v4096-seq128": ["--depth", "2", "--vocab-size", "4096", "--seq-len", "128", "--device-batch", "16",
                         "--total-batch", "4096"],
 }
-SHARED = ["--device", "cpu", "--data-source", "stdlib", "--eval-tokens", "65536"]
+SHARED = ["--device", "cpu", "--data", "stdlib", "--eval-tokens", "65536"]
 
 
 def trainer(args: list[str], run_dir: str) -> dict:

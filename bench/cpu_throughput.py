@@ -67,7 +67,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     print(time.strftime("%Y-%m-%d %H:%M:%S"), "(a load average above the core count means the CPU is shared)")
     print(f"machine: {cpu_model()}, {cores} cores, torch {torch.__version__}, bf16 instructions: {has_bf16()}")
-    data = ["--data-source", "stdlib", "--data-dir", Path(a.work) / "data"]
+    data = ["--data", "stdlib", "--data-dir", Path(a.work) / "data"]
     common = [*SHAPE, "--device-batch", a.device_batch, "--device", "cpu", *data, "--probe-data", "real"]
     trainer([*common, "--probe", 1, "--run-dir", Path(a.work) / "warm"])  # builds corpus + tokenizer once
 

@@ -59,7 +59,7 @@ def trainer_cmd(depth: int, batch: int, seq: int, vocab: int, run_dir: Path, ste
                 accum: int = 1) -> list[str]:
     return [sys.executable, "-m", "trainer.train", "--depth", str(depth), "--seq-len", str(seq),
             "--device-batch", str(batch), "--total-batch", str(batch * seq * accum), "--vocab-size", str(vocab),
-            "--head-dim", str(HEAD_DIM), "--probe", str(steps), "--data-source", "synthetic",
+            "--head-dim", str(HEAD_DIM), "--probe", str(steps), "--data", "synthetic",
             "--eval-tokens", str(batch * seq), "--run-dir", str(run_dir), "--threads", str(threads),
             "--dtype", "fp32"]
 

@@ -160,7 +160,7 @@ def ours_cmd(a, compiled: bool, steps: int, data: Path) -> tuple[list[str], dict
            "--device-batch", str(DEVICE_BATCH), "--total-batch", str(TOTAL_BATCH), "--vocab-size", str(a.vocab_size),
            "--device", "cpu", "--dtype", "fp32", "--threads", str(a.threads),
            "--compile" if compiled else "--no-compile", "--probe", str(steps), "--probe-data", "real",
-           "--data-source", "stdlib", "--data-dir", str(data), "--run-dir", str(Path(a.work) / "ours-run")]
+           "--data", "stdlib", "--data-dir", str(data), "--run-dir", str(Path(a.work) / "ours-run")]
     if a.ours_flags:
         cmd += a.ours_flags.split()
     return cmd, base_env(a.threads) | {"PYTHONPATH": str(REPO)}

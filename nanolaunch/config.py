@@ -105,6 +105,9 @@ class RunConfig:
     def build(cls, **values: Any) -> "RunConfig":
         """From flat names, as presets, the ledger and the CLI give them."""
         launcher = {k: values.pop(k) for k in LAUNCHER_FIELDS if k in values}
+        source, _ = values.pop("data_source", None), values.pop("data_url", None)  # before `data` (ledger rows)
+        if source in settings.BUILT_IN_DATA:
+            values.setdefault("data", source)
         try:
             return cls(TrainConfig(**values), **launcher)
         except SettingError as e:

@@ -11,7 +11,7 @@ from nanolaunch.config import RunConfig
 from nanolaunch.events import RunState
 from nanolaunch.ledger import Ledger
 from nanolaunch.planner import plan as make_plan
-from nanolaunch.presets import Preset, home
+from nanolaunch.presets import Preset
 from nanolaunch.runs import git_commit
 from nanolaunch.task import to_yaml
 
@@ -47,11 +47,6 @@ def for_run(req: Request, plan: dict, run_dir: str, data_dir: str) -> RunConfig:
         memory_limit_gib=req.memory_limit_gib, max_cost=req.max_cost,
         price_per_hour=(plan["usd_per_hour"] or 0.0) if req.max_cost is not None else None,
         wandb_project=req.wandb_project)
-
-
-def data_dir(config: RunConfig) -> str:
-    """Shared across runs, so probes and reruns neither re-download nor retrain the tokenizer."""
-    return str(home() / "cache" / "data" / config.train.data_source)
 
 
 def derived(config: RunConfig, preset: Preset | None, probe: bool = False) -> dict:

@@ -55,7 +55,7 @@ def run_calibration() -> dict:
     out.note(f"calibrating this machine once: {PROBE_STEPS} steps of {REFERENCE_PRESET} (cached for later plans)")
     with tempfile.TemporaryDirectory(prefix="nanolaunch-calibration-") as d:
         probe = config.replace(probe=PROBE_STEPS, probe_data="synthetic", run_dir=d, data_dir=d,
-                               data_source="synthetic", resume=False)
+                               data="synthetic", resume=False)
         env = {k: v for k, v in os.environ.items() if not k.startswith("NL_")} | to_env(probe)
         started = time.time()
         done = subprocess.run([sys.executable, "-m", "trainer.train"], env=env, capture_output=True, text=True)

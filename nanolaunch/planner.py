@@ -10,6 +10,7 @@ from nanolaunch import gpus, memory, prices
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from trainer import fineweb, hardware
+from trainer.settings import data_kind, data_slug
 from trainer.arithmetic import ShapeError, grad_accum_steps, iterations_for
 
 # MFU assumed when nothing better is known, per GPU kind, with where the figure comes from.
@@ -151,15 +152,33 @@ def _cost(wall_hours: float | None, rate: float | None) -> float | None:
 
 
 def _data_plan(config: RunConfig, tokens: int) -> dict:
-    """Train shards one epoch needs at the worst characters/token, and when given shards would repeat data."""
-    if config.train.data_source != "hf":
-        return {"train_shards": None, "shards": None, "repeat_above_chars_per_token": None}
-    shards = config.train.shards if config.train.shards is not None else fineweb.shards_needed(tokens)
-    if shards > fineweb.SHARDS_TOTAL:
-        raise PlanError(f"the run needs {shards} shards, more than the {fineweb.SHARDS_TOTAL} the dataset has; "
-                        "lower the ratio or iterations")
-    return {"train_shards": fineweb.train_shards_needed(tokens), "shards": shards,
-            "repeat_above_chars_per_token": fineweb.repeat_above_chars_per_token(shards, tokens)}
+    """Shards of a Hub dataset one epoch needs at the worst characters/token, what is fetched, when that repeats
+    data, and where the dataset's size comes from; None everywhere for other data."""
+    t = config.train
+    if data_kind(t.data) != "hub":
+        return {k: None for k in ("train_shards", "shards", "dataset_files", "chars_per_shard",
+                                  "repeat_above_chars_per_token", "epochs", "chars_from")}
+    if (t.data, t.data_config, t.data_split, t.val_shard) == (fineweb.REPO, None, "train", None):
+        files, chars, chars_from = fineweb.SHARDS_TOTAL, fineweb.CHARS_PER_SHARD, "nanolaunch's record"
+    else:  # asks the Hub once, then reads the listing the trainer will use too
+        from trainer import hub
+        try:
+            listing = hub.facts(hub.Source.of(t), data_dir(config), val_index=t.val_shard)
+        except hub.DataError as e:
+            raise PlanError(str(e)) from None
+        files, chars, chars_from = len(listing.train) + 1, listing.chars_per_shard, listing.chars_from
+    try:
+        return {**fineweb.plan_shards(tokens, files=files, chars_per_shard=chars, shards=t.shards),
+                "chars_from": chars_from}
+    except ValueError as e:
+        raise PlanError(f"{t.data}: {e}") from None
+
+
+def data_dir(config: RunConfig) -> str:
+    """This machine's cache of the run's data and tokenizer, shared by every run, probe and plan on it."""
+    from nanolaunch.presets import home
+
+    return str(home() / "cache" / "data" / data_slug(config.train))
 
 
 def rank_gpus(config: RunConfig, *, mfu: float | None = None, top: int = 5) -> list[dict]:

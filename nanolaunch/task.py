@@ -15,6 +15,7 @@ from nanolaunch import prices
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from trainer import settings
+from trainer.settings import data_kind, data_slug
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "sky" / "train.yaml"
@@ -79,9 +80,9 @@ def shared_store() -> str:
     return path
 
 
-def store_paths(run_id: int, data_source: str) -> tuple[str, str]:
+def store_paths(run_id: int, slug: str) -> tuple[str, str]:
     """(run dir, data dir) inside the bucket: the data cache and tokenizer are shared by every run."""
-    return f"{STORE}/runs/{run_id:05d}", f"{STORE}/data/{data_source}"
+    return f"{STORE}/runs/{run_id:05d}", f"{STORE}/data/{slug}"
 
 
 def placement(config: RunConfig, run_name: str, *, managed: bool = False,
@@ -89,7 +90,10 @@ def placement(config: RunConfig, run_name: str, *, managed: bool = False,
     """(run dir, data dir, options) of a SkyPilot run: on Slurm under the cluster's shared path, on the clouds
     in a bucket mounted at STORE. $NANOLAUNCH_NODE_PYTHON names a ready Python on every node (skips setup)."""
     python = os.environ.get(NODE_PYTHON_ENV) or None
-    source = config.train.data_source
+    source = data_slug(config.train)
+    if data_kind(config.train.data) == "local" and not config.slurm:
+        raise NanolaunchError(f"data {config.train.data} is a folder on this machine, which a cloud node cannot read; "
+                              "upload it as a Hub dataset (hf upload --repo-type dataset) and pass its id")
     if config.slurm:
         root = shared_store()
         return (f"{root}/runs/{run_name}", f"{root}/data/{source}",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hub_server import Hub
 from trainer.data import build_stdlib_corpus, iter_documents, split_shards
 from trainer.tokenizer import Tokenizer, train_tokenizer
 
@@ -16,6 +17,21 @@ from trainer.tokenizer import Tokenizer, train_tokenizer
 os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
 os.environ["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"
 os.environ["SKY_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="nl-test-sky-runtime-")
+
+# Hugging Face, in this process and every trainer it starts: the Hub is the one served below on loopback
+# (set before huggingface_hub is imported: it reads HF_ENDPOINT once), no cache or token of the user's.
+HUB = Hub()
+os.environ["HF_ENDPOINT"] = HUB.url
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nl-test-hf-home-")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_TOKEN", None)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The loopback Hub (tests/hub_server.py); give each test its own dataset names. No HF_TOKEN unless set."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return HUB
 
 
 @pytest.fixture
@@ -45,7 +61,7 @@ def data_args(corpus, tokenizer, tmp_path_factory):
     """Trainer flags that point at the shared corpus and its saved tokenizer."""
     tok_dir = tmp_path_factory.mktemp("tok")
     tokenizer.save(tok_dir)
-    return ["--data-source", "local", "--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir]
+    return ["--data", corpus[0].parent, "--data-dir", tmp_path_factory.mktemp("data"), "--tokenizer-dir", tok_dir]
 
 
 def nl(home, *args, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -60,7 +76,7 @@ def tiny_preset(iterations: int, **config) -> str:
     """A preset of a model that trains in seconds on 2 cores; `config` adds or overrides [config] fields."""
     fields = {"depth": 2, "head_dim": 32, "vocab_size": 512, "seq_len": 64, "device_batch": 4, "total_batch": 512,
               "iterations": iterations, "eval_every": 5, "eval_tokens": 2048, "gpu": "cpu",
-              "data_source": "stdlib", "dtype": "fp32", **config}
+              "data": "stdlib", "dtype": "fp32", **config}
     lines = [f"{k} = {json.dumps(v)}" for k, v in fields.items()]  # JSON scalars are TOML scalars
     return 'description = "a test model: seconds on 2 cores"\n[config]\n' + "\n".join(lines) + \
         '\n[provenance]\nsource = "tests"\n'

@@ -61,7 +61,7 @@ def test_nearest_probe_of_the_same_gpu_kind_sets_the_mfu(db):
 
 def test_on_a_cpu_the_probe_flops_carry_over_and_its_startup_counts(db):
     probe = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
-                      total_batch=4096, iterations=20, data_source="stdlib")
+                      total_batch=4096, iterations=20, data="stdlib")
     record(db, probe, tokens_per_second=10_000.0, step_ms=409.6, wall_seconds=20.0)
     p = plan(*OLD_DEMO, "--depth", "4")
     flops_per_second = 10_000.0 * probe.shape.flops_per_token
@@ -72,7 +72,7 @@ def test_on_a_cpu_the_probe_flops_carry_over_and_its_startup_counts(db):
 
 def test_plan_shows_how_far_past_predictions_were(db):
     config = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
-                       total_batch=4096, iterations=300, data_source="stdlib")
+                       total_batch=4096, iterations=300, data="stdlib")
     predicted = {"wall_hours": 110 / 3600, "cost_usd": 0.11, "peak_memory_gib": 0.55}
     record(db, config, kind="run", plan=predicted, preset="cpu_demo", wall_seconds=100.0, peak_memory_gib=0.5,
            tokens_per_second=9000.0)
@@ -87,7 +87,7 @@ def test_plan_shows_how_far_past_predictions_were(db):
 def test_repeated_measurements_of_one_config_pool_into_their_median(db):
     """One probe can land in a slow spell of a shared machine; the median of the config's rows cannot."""
     probe = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
-                      total_batch=4096, iterations=20, data_source="stdlib")
+                      total_batch=4096, iterations=20, data="stdlib")
     for tps, wall in ((10_000.0, 20.0), (14_000.0, 30.0), (11_000.0, 22.0)):
         record(db, probe, tokens_per_second=tps, step_ms=4096 / tps * 1000, wall_seconds=wall)
     record(db, probe.replace(iterations=300), kind="run", tokens_per_second=12_000.0, step_ms=341.3, wall_seconds=90.0)
@@ -103,7 +103,7 @@ def test_a_run_predicts_from_its_mean_step_and_gives_its_start_up(db):
     """Wall time adds up the mean step, not the median: slow spells stay in the steps, and a run alone gives
     the next plan its start-up (wall − steps × mean step − evaluations)."""
     config = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
-                       total_batch=4096, iterations=300, data_source="stdlib")
+                       total_batch=4096, iterations=300, data="stdlib")
     record(db, config, kind="run", preset="cpu_demo", tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=100.0,
            steps=300, step_ms_mean=272.0, eval_seconds=9.0)
     p = plan(*OLD_DEMO, "--iterations", "300")
@@ -126,7 +126,7 @@ def test_a_probe_is_predicted_without_evaluations():
     from nanolaunch.planner import plan as make_plan
 
     config = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
-                       total_batch=4096, iterations=20, eval_every=5, data_source="stdlib")
+                       total_batch=4096, iterations=20, eval_every=5, data="stdlib")
     measured = {"tokens_per_second": 10_000.0, "flops_per_token": config.shape.flops_per_token, "startup_seconds": 3.0}
     probe, run = make_plan(config, measured=measured, probe=True), make_plan(config, measured=measured)
     assert probe["evals"] == 0 and probe["wall_hours"] * 3600 == pytest.approx(20 * 4096 / 10_000.0 + 3.0)
@@ -138,7 +138,7 @@ def test_start_up_comes_from_rows_of_the_kind_planned(db):
     from nanolaunch.calibration import ledger_rows, measured_for
 
     config = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
-                       total_batch=4096, iterations=300, data_source="stdlib")
+                       total_batch=4096, iterations=300, data="stdlib")
     record(db, config, kind="run", tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=100.0, steps=300,
            step_ms_mean=256.0, eval_seconds=9.0)
     record(db, config.replace(iterations=20), tokens_per_second=16_000.0, step_ms=256.0, wall_seconds=8.0,
@@ -160,7 +160,7 @@ def test_a_resumed_run_gives_no_start_up():
 def test_a_probe_predicts_with_its_median_step_a_run_with_its_mean(db):
     """One slow step moves a 20-step mean; over hundreds of steps the mean is what wall time adds up."""
     probe = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
-                      total_batch=4096, iterations=20, data_source="stdlib")
+                      total_batch=4096, iterations=20, data="stdlib")
     record(db, probe, tokens_per_second=16_000.0, step_ms=256.0, step_ms_mean=290.0, wall_seconds=9.0,
            eval_seconds=0.0)
     p = plan(*OLD_DEMO)
@@ -199,7 +199,7 @@ def test_rows_of_another_cpu_are_not_used_for_this_one(db, monkeypatch):
                                                     "startup_seconds": 4.0, "device_name": "this CPU",
                                                     "probe": "12-step probe"})
     config = RunConfig.build(depth=2, gpu="cpu", head_dim=64, vocab_size=4096, seq_len=256, device_batch=8,
-                             total_batch=4096, iterations=20, data_source="stdlib")
+                             total_batch=4096, iterations=20, data="stdlib")
     record(db, config, tokens_per_second=50_000.0, step_ms=81.92, machine="another-cpu")
     p = plan(*OLD_DEMO)
     assert "calibration of this machine" in p["mfu_source"]

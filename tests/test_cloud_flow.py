@@ -19,7 +19,7 @@ from nanolaunch.ledger import Ledger
 from fake_sky import FakeSky
 
 TINY = dict(depth=2, head_dim=32, vocab_size=512, seq_len=64, device_batch=4, total_batch=512, eval_every=5,
-            eval_tokens=2048, gpu="H100:1", data_source="synthetic", dtype="fp32")
+            eval_tokens=2048, gpu="H100:1", data="synthetic", dtype="fp32")
 SECRET = "wandb-secret-value-123"
 
 

@@ -1,9 +1,6 @@
 import itertools
 import json
-import re
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,69 +8,9 @@ import pytest
 import torch
 
 from trainer.corpus import MARKER
-from trainer.data import DataError, DownloadError, ShardError, TokenLoader, build_stdlib_corpus, \
-    download_shards, iter_documents, list_shards, read_unit, split_shards, verify_shard
-
-
-# -- a real HTTP server on loopback --------------------------------------------------------------------
-class ShardServer:
-    """Serves files from `root`; counts requests and can fail (503), cut responses short or ignore Range."""
-
-    def __init__(self, root):
-        self.root, self.lock = root, threading.Lock()
-        self.requests, self.ranges = Counter(), []
-        self.fail, self.short = Counter(), Counter()  # name -> how many requests to spoil
-        self.range_ok = True
-        self.barrier, self.barrier_left, self.barrier_broken = None, 0, False
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/")
-                with server.lock:
-                    server.requests[name] += 1
-                    server.ranges.append((name, self.headers.get("Range")))
-                    spoil, short = server.fail[name] > 0, server.short[name] > 0
-                    server.fail[name] -= spoil
-                    server.short[name] -= short
-                    wait, server.barrier_left = server.barrier_left > 0, server.barrier_left - 1
-                if wait:  # first requests meet here: only parallel downloads get through
-                    try:
-                        server.barrier.wait()
-                    except threading.BrokenBarrierError:
-                        server.barrier_broken = True
-                if spoil:
-                    return self.send_error(503)
-                path = server.root / name
-                if not path.is_file():
-                    return self.send_error(404)
-                data, start = path.read_bytes(), 0
-                m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if m and server.range_ok:
-                    start = int(m[1])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        return self.end_headers()
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[:len(body) // 2] if short else body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/shard_{{index:05d}}.parquet"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True).start()
-
-    def get(self, name):
-        return self.requests[name]
+from trainer.data import DataError, TokenLoader, build_stdlib_corpus, iter_documents, list_shards, read_unit, \
+    split_shards
+from trainer.hub import verify_parquet
 
 
 def make_shard(path, seed, n_docs=300):
@@ -83,105 +20,20 @@ def make_shard(path, seed, n_docs=300):
     return path.read_bytes()
 
 
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "remote"
-    root.mkdir()
-    srv = ShardServer(root)
-    srv.data = {i: make_shard(root / f"shard_{i:05d}.parquet", i) for i in range(6)}
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-
-
 def name(i):
     return f"shard_{i:05d}.parquet"
 
 
-def test_download_parallel(server, tmp_path):
-    server.barrier, server.barrier_left = threading.Barrier(4, timeout=5), 4
-    seen = []
-    out = tmp_path / "data"
-    paths = download_shards(server.url, [0, 1, 2, 3, 4, 5], out, workers=4,
-                            progress=lambda d, t: seen.append((d, t)))
-    assert not server.barrier_broken  # 4 requests were in flight at once
-    assert paths == [out / name(i) for i in range(6)]
-    assert all(p.read_bytes() == server.data[i] for i, p in enumerate(paths))
-    assert seen == [(d, 6) for d in range(7)]
-    assert sorted(p.name for p in out.iterdir()) == [name(i) for i in range(6)]  # no .part left
-
-
-def test_retries_with_backoff(server, tmp_path):
-    server.fail[name(1)] = 3
-    paths = download_shards(server.url, [0, 1], tmp_path, retries=3, backoff=0.001)
-    assert server.get(name(1)) == 4 and paths[1].read_bytes() == server.data[1]
-    server.fail[name(2)] = 3
-    with pytest.raises(DownloadError) as e:
-        download_shards(server.url, [2], tmp_path, retries=2, backoff=0.001)
-    msg = str(e.value)
-    assert "\n" not in msg and name(2) in msg and "503" in msg and "3 attempts" in msg
-    assert server.get(name(2)) == 3 and not (tmp_path / name(2)).exists()
-
-
-def test_missing_shard_is_not_retried(server, tmp_path):
-    with pytest.raises(DownloadError, match=f"{name(9)}.*404"):
-        download_shards(server.url, [9], tmp_path, retries=5, backoff=0.001)
-    assert server.get(name(9)) == 1
-
-
-def test_corrupt_shard_fails_verification(server, tmp_path):
-    tmp_path = tmp_path / "data"
-    (server.root / name(3)).write_bytes(server.data[3][:len(server.data[3]) // 2])  # truncated upstream
-    with pytest.raises(DownloadError) as e:
-        download_shards(server.url, [3], tmp_path, retries=1, backoff=0.001)
-    msg = str(e.value)
-    assert "\n" not in msg and name(3) in msg and "parquet" in msg
-    assert server.get(name(3)) == 2 and list(tmp_path.iterdir()) == []  # no bad shard, no .part
-    (server.root / name(4)).write_bytes(b"PAR1" + b"x" * 100 + b"PAR1")  # garbage, right magic
-    with pytest.raises(DownloadError, match=name(4)):
-        download_shards(server.url, [4], tmp_path, retries=0)
-
-
-def test_present_shard_is_not_downloaded_again(server, tmp_path):
-    download_shards(server.url, [0, 1], tmp_path)
-    assert server.get(name(0)) == server.get(name(1)) == 1
-    (tmp_path / name(1)).write_bytes(b"not parquet")  # a damaged copy is replaced
-    paths = download_shards(server.url, [0, 1], tmp_path)
-    assert server.get(name(0)) == 1 and server.get(name(1)) == 2
-    assert paths[1].read_bytes() == server.data[1]
-
-
-@pytest.mark.parametrize("range_ok", [True, False])
-def test_partial_download_resumes(server, tmp_path, range_ok):
-    server.range_ok = range_ok
-    data = server.data[2]
-    (tmp_path / (name(2) + ".part")).write_bytes(data[:1000])
-    [path] = download_shards(server.url, [2], tmp_path)
-    assert path.read_bytes() == data and server.get(name(2)) == 1
-    assert server.ranges == [(name(2), "bytes=1000-")]
-    assert not (tmp_path / (name(2) + ".part")).exists()
-
-
-def test_dropped_connection_resumes_with_range(server, tmp_path):
-    server.short[name(5)] = 1  # first response stops half way
-    [path] = download_shards(server.url, [5], tmp_path, backoff=0.001)
-    half = len(server.data[5]) // 2
-    assert server.ranges == [(name(5), None), (name(5), f"bytes={half}-")]
-    assert path.read_bytes() == server.data[5]
-
-
-def test_bad_partial_is_replaced(server, tmp_path):
-    (tmp_path / (name(0) + ".part")).write_bytes(b"junk" * 300)  # not a prefix of the shard
-    [path] = download_shards(server.url, [0], tmp_path, backoff=0.001)
-    assert path.read_bytes() == server.data[0] and server.get(name(0)) == 2
-
-
-def test_verify_shard(tmp_path):
+def test_verify_parquet(tmp_path):
     make_shard(tmp_path / "a.parquet", 0)
-    assert verify_shard(tmp_path / "a.parquet", full=True) == 300
+    assert verify_parquet(tmp_path / "a.parquet") == 300
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "b.parquet")
-    with pytest.raises(ShardError, match="b.parquet has no string column 'text'"):
-        verify_shard(tmp_path / "b.parquet")
+    with pytest.raises(DataError, match="b.parquet has no string column 'text'"):
+        verify_parquet(tmp_path / "b.parquet")
+    assert verify_parquet(tmp_path / "b.parquet", "body") == 1
+    (tmp_path / "c.parquet").write_bytes((tmp_path / "a.parquet").read_bytes()[:-100])
+    with pytest.raises(DataError, match="c.parquet is not a readable parquet file"):
+        verify_parquet(tmp_path / "c.parquet")
 
 
 # -- the stdlib corpus and shard listing ---------------------------------------------------------------
@@ -201,10 +53,11 @@ def test_build_stdlib_corpus(tmp_path):
     assert len(list_shards(tmp_path / "a")) == 2  # the third shard of the older build is gone
 
 
-def test_corpus_refuses_foreign_shards(server):
+def test_corpus_refuses_foreign_shards(tmp_path):
+    data = {i: make_shard(tmp_path / name(i), i) for i in range(6)}
     with pytest.raises(ValueError, match="already holds 6 parquet shards"):
-        build_stdlib_corpus(server.root, max_chars=100_000)
-    assert (server.root / name(0)).read_bytes() == server.data[0]
+        build_stdlib_corpus(tmp_path, max_chars=100_000)
+    assert (tmp_path / name(0)).read_bytes() == data[0]
 
 
 def test_list_and_split_shards(tmp_path, corpus):

@@ -32,7 +32,7 @@ def launch(nproc, *args, timeout=600):
 
 
 def test_two_ranks_match_one_rank(tmp_path):
-    args = [*COMMON, "--data-source", "synthetic", "--iterations", 12, "--eval-every", 6, "--eval-tokens", 2048,
+    args = [*COMMON, "--data", "synthetic", "--iterations", 12, "--eval-every", 6, "--eval-tokens", 2048,
             "--checkpoint-every", 6]
     rc1, one, err1 = launch(1, *args, "--run-dir", tmp_path / "one")
     rc2, two, err2 = launch(2, *args, "--run-dir", tmp_path / "two")
@@ -54,7 +54,7 @@ def test_two_ranks_match_one_rank(tmp_path):
 def test_two_ranks_on_real_data_resume(corpus, tokenizer, tmp_path):
     tok_dir = tmp_path / "tok"
     tokenizer.save(tok_dir)
-    args = [*COMMON, "--vocab-size", 1024, "--data-source", "local", "--data-dir", corpus[0].parent, "--tokenizer-dir", tok_dir,
+    args = [*COMMON, "--vocab-size", 1024, "--data", corpus[0].parent, "--tokenizer-dir", tok_dir,
             "--eval-every", 4, "--eval-tokens", 2048, "--checkpoint-every", 4, "--run-dir", tmp_path / "run"]
     rc, first, err = launch(2, *args, "--iterations", 4)
     assert rc == 0, err
@@ -82,7 +82,7 @@ def optimizer_state_bytes(checkpoint_dir: Path, rank: int) -> int:
 
 
 def test_four_ranks_hold_a_quarter_of_the_optimizer_state_and_train_like_one(tmp_path):
-    args = [*COMMON, "--data-source", "synthetic", "--iterations", 6, "--eval-every", 0, "--eval-tokens", 2048,
+    args = [*COMMON, "--data", "synthetic", "--iterations", 6, "--eval-every", 0, "--eval-tokens", 2048,
             "--checkpoint-every", 0]
     args += ["--device-batch", 2]  # the same sequences in the same micro-batches: 1 rank × 4, 4 ranks × 1
     rc1, one, err1 = launch(1, *args, "--run-dir", tmp_path / "one")
@@ -101,7 +101,7 @@ def test_four_ranks_hold_a_quarter_of_the_optimizer_state_and_train_like_one(tmp
 
 
 def test_four_ranks_killed_resume_bit_for_bit_and_refuse_another_world_size(tmp_path):
-    args = [*COMMON, "--data-source", "synthetic", "--device-batch", 2, "--iterations", 24, "--eval-every", 8,
+    args = [*COMMON, "--data", "synthetic", "--device-batch", 2, "--iterations", 24, "--eval-every", 8,
             "--eval-tokens", 2048, "--checkpoint-every", 4]
     rc, want, err = launch(4, *args, "--run-dir", tmp_path / "full")
     assert rc == 0, err

@@ -120,7 +120,7 @@ def test_ctrl_c_cancels_cleanly(home):
 
 
 def test_a_crash_is_recorded_with_the_log_tail(home):
-    (home / "presets" / "no_data.toml").write_text('base = "tiny"\n[config]\ndata_source = "local"\n')
+    (home / "presets" / "no_data.toml").write_text('base = "tiny"\n[config]\ndata = "/nonexistent/nanolaunch-test-data"\n')
     r = nl(home, "run", "--preset", "no_data", "--title", "crash", "--json")
     assert r.returncode != 0
     row = json.loads(r.stdout)

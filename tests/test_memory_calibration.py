@@ -33,7 +33,7 @@ def measured_peak(cfg, run_dir: Path) -> float:
     depth, batch, seq, vocab = cfg
     cmd = [sys.executable, "-m", "trainer.train", "--depth", depth, "--seq-len", seq, "--device-batch", batch,
            "--total-batch", batch * seq, "--vocab-size", vocab, "--head-dim", HEAD_DIM, "--probe", STEPS,
-           "--data-source", "synthetic", "--eval-tokens", batch * seq, "--threads", 1, "--dtype", "fp32",
+           "--data", "synthetic", "--eval-tokens", batch * seq, "--threads", 1, "--dtype", "fp32",
            "--run-dir", run_dir]
     out = subprocess.run(list(map(str, cmd)), cwd=REPO, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})

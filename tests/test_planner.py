@@ -99,23 +99,35 @@ def test_bad_configs_are_refused_at_construction(bad):
 
 
 @pytest.mark.parametrize("preset", ["a100_d10", "h100x8_d34"])
-def test_the_trainer_fetches_the_shards_the_plan_counts(preset, monkeypatch, tmp_path):
-    """They disagreed (train+1 against ⌈⌉+2): h100x8_d34 planned 1,775 shards and the trainer fetched 1,776."""
+def test_the_trainer_fetches_the_shards_the_plan_counts(preset, hub, monkeypatch, tmp_path):
+    """They disagreed (train+1 against ⌈⌉+2): h100x8_d34 planned 1,775 shards and the trainer fetched 1,776.
+    The default dataset's 1,823 files are listed by the loopback Hub; what the trainer fetches is recorded."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from nanolaunch import presets
-    from trainer import data, dataset
+    from trainer import dataset, fineweb
+    from trainer import hub as hub_data
     from trainer.common import DistEnv
 
+    if fineweb.REPO not in hub.repos:
+        blob = io.BytesIO()
+        pq.write_table(pa.table({"text": ["a document"]}), blob)
+        hub.add(fineweb.REPO, {f"shard_{i:05d}.parquet": blob.getvalue() for i in range(fineweb.SHARDS_TOTAL)})
     config = presets.load(preset).config.replace(shards=None, data_dir=str(tmp_path))
     plan = planner.plan(config, rank_alternatives=False)
     fetched = []
 
-    def download(url, indices, out_dir):
-        fetched.extend(indices)
+    def fetch(listing, paths, data_dir, **kw):
+        fetched.extend(paths)
         raise RuntimeError("recorded")  # nothing to download here: what was asked for is the test
 
-    monkeypatch.setattr(data, "download_shards", download)
+    monkeypatch.setattr(hub_data, "fetch", fetch)
     with pytest.raises(RuntimeError, match="recorded"):
         dataset.prepare(config.train, DistEnv(), plan["tokens"])
-    assert len(fetched) == plan["shards"] and fetched[-1] == 1822
+    assert len(fetched) == plan["shards"] and fetched[-1] == "shard_01822.parquet"
+    assert fetched[:-1] == [f"shard_{i:05d}.parquet" for i in range(plan["shards"] - 1)]
     if preset == "h100x8_d34":
         assert plan["shards"] == 1775

@@ -75,7 +75,7 @@ def test_the_trainer_log_says_which_path_it_took_and_why(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLAUNCH_HOME", str(tmp_path))
     env = {**os.environ, "NANOLAUNCH_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-m", "trainer.train", "--depth", "1", "--vocab-size", "256", "--seq-len", "32",
-                          "--device-batch", "2", "--total-batch", "64", "--device", "cpu", "--data-source", "synthetic",
+                          "--device-batch", "2", "--total-batch", "64", "--device", "cpu", "--data", "synthetic",
                           "--probe", "2", "--run-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -24,8 +24,9 @@ def every_setting_changed(tmp_path) -> dict:
         depth=2, vocab_size=512, seq_len=64, head_dim=32, device_batch=4, total_batch=512, iterations=3,
         matrix_lr=0.03, embedding_lr=0.3, unembedding_lr=0.005, warmup_ratio=0.1, warmdown_ratio=0.3,
         final_lr_frac=0.1, eval_every=2, eval_tokens=1024, checkpoint_every=2, keep_checkpoints=3, seed=7,
-        device="cpu", dtype="fp32", compile=False, fused_loss=False, threads=1, data_source="synthetic", shards=3,
-        data_url="http://127.0.0.1:9/shard_{index:05d}.parquet", val_shard=5, tokenizer_chars=1000,
+        device="cpu", dtype="fp32", compile=False, fused_loss=False, threads=1, data="synthetic", shards=3,
+        data_config="sample-10BT", data_split="validation", text_column="content", data_revision="v1.2",
+        val_shard=5, tokenizer_chars=1000,
         run_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), tokenizer_dir=str(tmp_path / "tok"),
         resume=True, probe=2, probe_data="real", max_cost=100.0, price_per_hour=0.5, memory_limit_gib=8.0,
         wandb_project="nl-settings-test", run_name="every-setting")

@@ -13,7 +13,7 @@ from nanolaunch.errors import NanolaunchError
 from nanolaunch.task import RunOptions, render, to_yaml
 
 TINY = dict(depth=2, head_dim=32, vocab_size=512, seq_len=64, device_batch=4, total_batch=512, iterations=4,
-            gpu="cpu", data_source="synthetic")  # no GPU named: SkyPilot would fetch its catalog for one
+            gpu="cpu", data="synthetic")  # no GPU named: SkyPilot would fetch its catalog for one
 
 
 def cloud_task(**changes) -> dict:
@@ -34,15 +34,16 @@ def as_the_server_gets_it(task):
 def test_the_api_server_accepts_our_secrets_with_or_without_a_key(key, sky_home, monkeypatch):
     from sky import execution
 
-    if key:
-        monkeypatch.setenv("WANDB_API_KEY", key)
-    else:
-        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for name in ("WANDB_API_KEY", "HF_TOKEN"):  # the W&B key; the Hub token of a gated or private dataset
+        if key:
+            monkeypatch.setenv(name, f"{name}-{key}")
+        else:
+            monkeypatch.delenv(name, raising=False)
     task = skypilot.to_task(yaml.safe_load(to_yaml(cloud_task())), skypilot.secrets_from_env())
     dag = as_the_server_gets_it(task)
     execution._resolve_managed_secrets(dag)  # raised "No value available for secret(s)" for every launch
     got = {k: v.get_secret_value() for k, v in dag.tasks[0].secrets.items()}
-    assert got == ({"WANDB_API_KEY": key} if key else {})
+    assert got == ({"WANDB_API_KEY": f"WANDB_API_KEY-{key}", "HF_TOKEN": f"HF_TOKEN-{key}"} if key else {})
     assert key is None or key not in to_yaml(cloud_task())
 
 

@@ -13,12 +13,13 @@ from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.backends.local import environment, free_port
 from nanolaunch.task import STORE, RunOptions, render, store_paths, to_yaml
+from trainer.settings import data_slug
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cloud_task(config: RunConfig, managed: bool) -> dict:
-    run_dir, data_dir = store_paths(7, config.train.data_source)
+    run_dir, data_dir = store_paths(7, data_slug(config.train))
     return render(config.replace(run_dir=run_dir, data_dir=data_dir),
                   RunOptions(bucket="nl-test-bucket", managed=managed), name="nl-7")
 
@@ -76,7 +77,7 @@ def test_yaml_command_prints_a_task_sky_launch_accepts(sky_home):
 def test_two_nodes_rendezvous_from_the_skypilot_variables(tmp_path):
     """The run command on node ranks 0 and 1, as SkyPilot starts it on each node: one 2-rank job (gloo)."""
     config = RunConfig.build(depth=2, head_dim=32, vocab_size=512, seq_len=64, device_batch=4, total_batch=512,
-                       iterations=4, eval_every=4, eval_tokens=2048, gpu="H100:1", nodes=2, data_source="synthetic",
+                       iterations=4, eval_every=4, eval_tokens=2048, gpu="H100:1", nodes=2, data="synthetic",
                        dtype="fp32")
     task = render(config.replace(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data")),
                   RunOptions(master_port=free_port()))

@@ -19,7 +19,7 @@ ENDPOINT = os.environ.get("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:4658
 pytestmark = pytest.mark.skipif(not INFRA, reason="no local Slurm cluster: bash sky/slurm/up.sh, then set "
                                                    "NANOLAUNCH_TEST_SLURM=slurm/<name>")
 REPO = Path(__file__).resolve().parent.parent
-TINY = dict(checkpoint_every=5, data_source="synthetic", threads=1)  # no data to fetch; one thread each
+TINY = dict(checkpoint_every=5, data="synthetic", threads=1)  # no data to fetch; one thread each
 
 
 @pytest.fixture(scope="module")

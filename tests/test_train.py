@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["--depth", "2", "--vocab-size", "1024", "--seq-len", "128", "--head-dim", "64",
         "--device-batch", "8", "--total-batch", "4096"]
 SYNTH = ["--depth", "2", "--vocab-size", "512", "--seq-len", "64", "--head-dim", "64", "--device-batch", "4",
-         "--total-batch", "512", "--data-source", "synthetic"]
+         "--total-batch", "512", "--data", "synthetic"]
 BIG = ["--depth", "4", "--vocab-size", "65536", "--seq-len", "256", "--device-batch", "16", "--total-batch", "4096",
-       "--data-source", "synthetic", "--memory-limit-gib", "2", "--eval-tokens", "4096"]  # 1 GiB of logits alone: over the cap
+       "--data", "synthetic", "--memory-limit-gib", "2", "--eval-tokens", "4096"]  # 1 GiB of logits alone: over the cap
 
 
 def trainer_cmd(*args):
@@ -109,14 +109,14 @@ def test_bad_flags_are_one_line_exit_2(args, needle):
 
 def test_indivisible_batch_shows_the_arithmetic(tmp_path):
     rc, events, err = run_trainer("--depth", "2", "--seq-len", "2048", "--device-batch", "48", "--total-batch",
-                                  "524288", "--data-source", "synthetic", "--run-dir", tmp_path)
+                                  "524288", "--data", "synthetic", "--run-dir", tmp_path)
     assert rc == 2
     assert "524,288/(48·2048·1) = 5.33" in err
     assert of(events, "result")[0]["status"] == "crashed"
 
 
 def test_crash_is_reported_in_one_line(tmp_path):
-    rc, events, err = run_trainer(*TINY, "--iterations", 2, "--data-source", "local", "--data-dir", tmp_path / "nothing", "--run-dir", tmp_path)
+    rc, events, err = run_trainer(*TINY, "--iterations", 2, "--data", tmp_path / "nothing", "--data-dir", tmp_path / "cache", "--run-dir", tmp_path)
     assert rc == 1
     result = of(events, "result")[0]
     assert result["status"] == "crashed" and "does not exist" in result["error"] and "\n" not in result["error"]

@@ -17,24 +17,19 @@ from typing import Iterator
 import numpy as np
 
 from .corpus import build_stdlib_corpus
-from .download import DownloadError, ShardError, download_shards, verify_shard
+from .hub import DataError, verify_parquet
 
-__all__ = ["DataError", "DownloadError", "ShardError", "TokenLoader", "build_stdlib_corpus",
-           "download_shards", "iter_documents", "list_shards", "read_unit", "row_groups",
-           "split_shards", "verify_shard"]
+__all__ = ["DataError", "TokenLoader", "build_stdlib_corpus", "iter_documents", "list_shards", "read_unit",
+           "row_groups", "split_shards"]
 
 STATE_VERSION = 1
-
-
-class DataError(ValueError):
-    """Data that cannot be read or split as asked; the message is one line and says why."""
 
 
 def list_shards(data_dir) -> list[Path]:
     """Sorted parquet shards in data_dir, or else its *.txt files (one document each)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist; download shards or build a corpus first")
+        raise DataError(f"data folder {data_dir} does not exist")
     paths = sorted(data_dir.glob("*.parquet")) or sorted(data_dir.glob("*.txt"))
     if not paths:
         raise DataError(f"no *.parquet shards or *.txt files in {data_dir}")
@@ -49,7 +44,7 @@ def split_shards(paths) -> tuple[list[Path], list[Path]]:
     return paths[:-1], paths[-1:]
 
 
-def row_groups(paths) -> list[tuple[int, int]]:
+def row_groups(paths, column: str = "text") -> list[tuple[int, int]]:
     """Every reading unit as (index into paths, row group); a .txt file is one unit."""
     import pyarrow.parquet as pq
 
@@ -59,7 +54,7 @@ def row_groups(paths) -> list[tuple[int, int]]:
             try:
                 n = pq.ParquetFile(path).num_row_groups
             except Exception:
-                verify_shard(path)  # raises the one-line ShardError naming the file
+                verify_parquet(path, column, full=False)  # raises the one-line DataError naming the file
                 raise
             units.extend((i, g) for g in range(n))
         else:
@@ -67,22 +62,23 @@ def row_groups(paths) -> list[tuple[int, int]]:
     return units
 
 
-def read_unit(paths, unit: tuple[int, int]) -> list[str]:
+def read_unit(paths, unit: tuple[int, int], column: str = "text") -> list[str]:
     import pyarrow.parquet as pq
 
     path = Path(paths[unit[0]])
     if path.suffix != ".parquet":
         return [path.read_text(encoding="utf-8", errors="replace")]
-    table = pq.ParquetFile(path).read_row_group(unit[1], columns=["text"])
-    return [t for t in table.column("text").to_pylist() if t]
+    table = pq.ParquetFile(path).read_row_group(unit[1], columns=[column])
+    return [t for t in table.column(column).to_pylist() if t]
 
 
-def iter_documents(paths, *, rank: int = 0, world_size: int = 1, start: int | None = None) -> Iterator[str]:
+def iter_documents(paths, *, rank: int = 0, world_size: int = 1, start: int | None = None,
+                   column: str = "text") -> Iterator[str]:
     """Document texts of rank's row groups (rank, rank+world_size, … in file order), from its
     `start`-th row group on. For tokenizer training and inspection; TokenLoader shuffles instead."""
     paths = [Path(p) for p in paths]
-    for unit in row_groups(paths)[rank::world_size][start or 0:]:
-        yield from read_unit(paths, unit)
+    for unit in row_groups(paths, column)[rank::world_size][start or 0:]:
+        yield from read_unit(paths, unit, column)
 
 
 class TokenLoader:
@@ -95,7 +91,7 @@ class TokenLoader:
 
     def __init__(self, paths, tokenizer, batch_size: int, seq_len: int, *, rank: int = 0,
                  world_size: int = 1, seed: int = 0, state: dict | None = None, loop: bool = True,
-                 threads: int = 2):
+                 threads: int = 2, column: str = "text"):
         if batch_size < 1 or seq_len < 1:
             raise DataError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
         if not 0 <= rank < world_size:
@@ -103,7 +99,8 @@ class TokenLoader:
         self.paths = [Path(p) for p in paths]
         self.tokenizer, self.B, self.T = tokenizer, batch_size, seq_len
         self.rank, self.world_size, self.seed, self.loop, self.threads = rank, world_size, seed, loop, threads
-        self.units = row_groups(self.paths)
+        self.column = column
+        self.units = row_groups(self.paths, column)
         if len(self.units) < world_size:
             raise DataError(f"{len(self.units)} row groups in {len(self.paths)} shards cannot feed "
                             f"{world_size} ranks; use more shards or smaller row groups")
@@ -136,7 +133,7 @@ class TokenLoader:
         return (epoch, pos + 1) if pos + 1 < len(self.order(epoch)) else (epoch + 1, 0)
 
     def _tokenize(self, unit: tuple[int, int]) -> np.ndarray:
-        docs = read_unit(self.paths, unit)
+        docs = read_unit(self.paths, unit, self.column)
         ids = self.tokenizer.encode_batch(docs, num_threads=self.threads)
         bos = [self.tokenizer.bos_id]
         stream = itertools.chain.from_iterable(itertools.chain(bos, d) for d in ids)

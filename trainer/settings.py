@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -20,7 +21,8 @@ from trainer.arithmetic import (DEFAULT_HEAD_DIM, DEFAULT_SEQ_LEN, DEFAULT_TOTAL
 ENV_PREFIX = "NL_"
 DEFAULT_RATIO = 20.0  # Chinchilla-style tokens:params when no horizon is given (nanochat's default)
 HORIZONS = ("iterations", "ratio", "target_flops")
-DATA_SOURCES = ("hf", "stdlib", "local", "synthetic")
+DEFAULT_DATA = "karpathy/fineweb-edu-100b-shuffle"
+BUILT_IN_DATA = ("stdlib", "synthetic")
 
 
 class SettingError(ValueError):
@@ -42,6 +44,28 @@ def fraction(v):
 
 def at_least_two(v):
     return None if v >= 2 else "must be at least 2 (one shard is held out for validation)"
+
+
+def data_value(v):
+    if v in BUILT_IN_DATA or v.startswith("/") or re.fullmatch(r"[\w.-]+(/[\w.-]+)?", v):
+        return None
+    return "must be a dataset id (owner/name), an absolute folder path, stdlib or synthetic"
+
+
+def data_kind(value: str) -> str:
+    """hub, local, stdlib or synthetic: what `data` names."""
+    return value if value in BUILT_IN_DATA else "local" if value.startswith("/") else "hub"
+
+
+def data_slug(cfg) -> str:
+    """A folder name for a config's data cache: one per Hub dataset and config, per local folder, per built-in."""
+    kind = data_kind(cfg.data)
+    if kind == "hub":
+        return "--".join([cfg.data.replace("/", "--")] + ([cfg.data_config] if cfg.data_config else []))
+    if kind == "local":
+        import hashlib
+        return "local--" + hashlib.sha1(cfg.data.encode()).hexdigest()[:12]
+    return kind
 
 
 def setting(default: Any, help: str, group: str, *, check=None, choices: tuple = (), per_run: bool = False):
@@ -94,18 +118,22 @@ class TrainConfig:
     threads: int | None = setting(None, "torch threads per process (unset: cores / local processes)", "system",
                                   check=positive)
     # data
-    data_source: str = setting("hf", "hf: download FineWeb-EDU shards; stdlib: build the Python-stdlib corpus; "
-                               "local: shards already in data_dir; synthetic: arithmetic sequences (tests, probes)",
-                               "data", choices=DATA_SOURCES)
-    shards: int | None = setting(None, "hf: shards to fetch, validation included (unset: as one epoch needs)", "data",
-                                 check=at_least_two)
-    data_url: str | None = setting(None, "hf: URL template with {index} (unset: FineWeb-EDU on Hugging Face)", "data")
-    val_shard: int | None = setting(None, "hf: index of the held-out shard (unset: the dataset's last)", "data",
-                                    check=at_least_zero)
+    data: str = setting(DEFAULT_DATA, "a Hugging Face dataset id, a local folder of *.parquet or *.txt files "
+                        "(absolute path; the last file is validation), stdlib (the Python standard-library corpus) or "
+                        "synthetic (arithmetic sequences: tests, probes)", "data", check=data_value)
+    data_config: str | None = setting(None, "Hub dataset: its config (subset), as load_dataset's name", "data")
+    data_split: str = setting("train", "Hub dataset: the split to train on", "data")
+    text_column: str = setting("text", "Hub dataset: the column holding the text", "data")
+    data_revision: str | None = setting(None, "Hub dataset: branch, tag or commit (unset: main, pinned to its "
+                                        "commit on first use)", "data")
+    shards: int | None = setting(None, "Hub dataset: files to fetch, validation included (unset: as one epoch "
+                                 "needs)", "data", check=at_least_two)
+    val_shard: int | None = setting(None, "Hub dataset: index of the held-out file (unset: the validation split, "
+                                    "else the last file)", "data", check=at_least_zero)
     tokenizer_chars: int = setting(2_000_000_000, "characters for tokenizer training", "data", check=positive)
     # this run: set by the launcher for each run
     run_dir: str = setting("run", "checkpoints, result.json", "run", per_run=True)
-    data_dir: str = setting("data", "shards (the last is validation), fetched or built here if missing", "data",
+    data_dir: str = setting("data", "fetched or built shards and the tokenizer go here", "data",
                             per_run=True)
     tokenizer_dir: str | None = setting(None, "unset: DATA_DIR/tokenizer_VOCAB; trained there if missing", "data",
                                         per_run=True)

@@ -45,6 +45,7 @@ class Run:
         self.steps = 0
         self.loss = self.val_bpb = self.gzip_bpb = None
         self.device_name = self.machine = None  # what ran it; machine: the CPU's key (trainer/hardware.py)
+        self.data = None  # what it trained on: a Hub dataset with its commit, a folder, stdlib or synthetic
         self.step_ms: list[float] = []
         self.eval_seconds = 0.0  # with the steps, what a wall-time prediction is made of
         self.device = self.peak = self.env = None
@@ -69,7 +70,7 @@ class Run:
             except Exception:
                 pass
         return dict(status=status, steps=self.steps, val_bpb=self.val_bpb, gzip_bpb=self.gzip_bpb, loss=self.loss,
-                    device_name=self.device_name, machine=self.machine,
+                    device_name=self.device_name, machine=self.machine, data=self.data,
                     mfu=mfu(self.cfg.shape.flops_per_token, tps, self.peak, self.world_size),
                     peak_memory_gib=peak_mem, tokens_per_second=None if tps is None else round(tps, 1),
                     step_ms=None if med is None else round(med, 3),
@@ -144,6 +145,7 @@ def train(cfg: TrainConfig, run: Run) -> str:
 
     # -- data, model, optimizers, resume ---------------------------------------------------------------------
     data = prepare(cfg, env, tokens)
+    run.data = "synthetic" if data.synthetic else data.described
     if cfg.memory_limit_gib:
         log(common.limit_memory(cfg.memory_limit_gib, device))
     torch.manual_seed(cfg.seed)

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from nanolaunch.events import RunState
-from nanolaunch.launch import Display, LiveRow, Request, data_dir, derived, for_run, open_row, write_task
+from nanolaunch.launch import Display, LiveRow, Request, derived, for_run, open_row, write_task
 from nanolaunch.ledger import Ledger
+from nanolaunch.planner import data_dir
 from nanolaunch.runs import LOG_NAME, RESULT_NAME, read_result, run_dir
 from nanolaunch.task import REPO, RunOptions, render, single_node_env
 from trainer.events import EXIT_STATUS

@@ -40,7 +40,7 @@ SETUP_FAILED = re.compile(r"Job \d+'s setup failed with return code (\d+)")
 
 
 # -- the SDK --------------------------------------------------------------------------------
-SECRET_ENVS = ("WANDB_API_KEY",)  # travel as SkyPilot secrets, never in a file
+SECRET_ENVS = ("WANDB_API_KEY", "HF_TOKEN")  # travel as SkyPilot secrets, never in a file
 
 
 def sdk():

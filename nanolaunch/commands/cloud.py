@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
+from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, TextColumnOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
                                         ManagedOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt, RunArg, SpotOpt, resolve)
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.errors import NanolaunchError
@@ -21,6 +21,9 @@ def yaml(
     ratio: RatioOpt = None,
     iterations: IterationsOpt = None,
     batch: BatchOpt = None,
+    data: DataOpt = None,
+    data_split: DataSplitOpt = None,
+    text_column: TextColumnOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
     gpu: GpuOpt = None,
     infra: InfraOpt = None,
@@ -36,7 +39,8 @@ def yaml(
     from nanolaunch.task import placement, render, to_yaml
 
     config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
-                             checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot)
+                             checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot, data=data,
+                             data_split=data_split, text_column=text_column)
     plan = derived(config, chosen)  # the same validation as plan: a batch that cannot divide fails here
     req = Request("run", config, chosen, managed=managed)
     run_dir, data_dir, opts = placement(config, name, managed=req.recovered, bucket=bucket)

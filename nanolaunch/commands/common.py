@@ -14,6 +14,7 @@ import typer
 from nanolaunch import presets
 from nanolaunch.config import ConfigError, RunConfig
 from nanolaunch.errors import NanolaunchError
+from trainer.settings import BUILT_IN_DATA
 
 # What to train.
 ModelArg = Annotated[Optional[str], typer.Argument(help="Model size as dN, e.g. d12 (depth 12).", show_default=False)]
@@ -25,6 +26,14 @@ BatchOpt = Annotated[Optional[int], typer.Option("--batch", help="Device batch: 
 CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
     "--checkpoint-every", help="Steps between checkpoints (≤0: only at the end); a recovered run loses at most "
                                "this many.")]
+# What it trains on.
+DataOpt = Annotated[Optional[str], typer.Option(
+    "--data", help="Training data: a Hugging Face dataset as ID[:CONFIG][@REVISION] (default "
+                   "karpathy/fineweb-edu-100b-shuffle), a local folder of *.parquet or *.txt files, stdlib or synthetic.")]
+DataSplitOpt = Annotated[Optional[str], typer.Option("--data-split", help="Hub dataset: the split to train on "
+                                                                          "(default train).")]
+TextColumnOpt = Annotated[Optional[str], typer.Option("--text-column", help="Hub dataset: the column holding the "
+                                                                            "text (default text).")]
 # Where it runs.
 GpuOpt = Annotated[Optional[str], typer.Option("--gpu", help="GPUs per node as KIND[:COUNT], e.g. H100:8, or cpu.")]
 NodesOpt = Annotated[Optional[int], typer.Option("--nodes", help="Number of nodes.")]
@@ -55,10 +64,31 @@ def parse_model(model: str) -> int:
     return int(m.group(1))
 
 
+def data_settings(spec: str) -> dict:
+    """--data as trainer settings: a folder becomes its absolute path; ID[:CONFIG][@REVISION] is split up."""
+    import os
+
+    if spec in BUILT_IN_DATA:
+        return {"data": spec}
+    if spec.startswith(("/", ".", "~")) or os.path.isdir(spec):
+        path = os.path.abspath(os.path.expanduser(spec))
+        if not os.path.isdir(path):
+            raise NanolaunchError(f"--data {spec}: no such folder")
+        return {"data": path}
+    m = re.fullmatch(r"([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?(?:@([\w./-]+))?", spec)
+    if not m:
+        raise NanolaunchError(f"--data {spec!r}: give a dataset as OWNER/NAME[:CONFIG][@REVISION], a folder, "
+                              "stdlib or synthetic")
+    return {"data": m[1], "data_config": m[2], "data_revision": m[3]}
+
+
 def resolve(model: str | None, preset_name: str | None, **overrides) -> tuple[RunConfig, presets.Preset | None]:
     """Defaults < preset < dN < flags. A horizon flag replaces the preset's horizon entirely."""
     chosen = presets.load(preset_name) if preset_name else None
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if "data" in changes:  # a new dataset replaces what the preset chose for its own: config, revision, files
+        changes = {"data_config": None, "data_revision": None, "shards": None, "val_shard": None, **changes,
+                   **data_settings(changes["data"])}
     if model is not None:
         changes["depth"] = parse_model(model)
     if any(k in changes for k in ("ratio", "iterations", "target_flops")):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,14 +23,15 @@ EXPORT_COLUMNS = ("id", "project", "title", "kind", "status", "preset", "gpu", "
                   "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb",
                   "gzip_bpb", "mfu", "tokens_per_second", "step_ms", "step_ms_mean", "eval_seconds", "peak_memory_gib", "steps",
                   "device_batch", "depth", "run_dir", "cluster", "managed", "recoveries", "wandb_url", "git_commit", "device_name", "machine",
-                  "error")
+                  "data", "error")
 RECENT = 30
 
 
 def export_row(r: dict) -> dict:
     config = r.get("config") or {}
     return {**{k: r.get(k) for k in EXPORT_COLUMNS if k in r},
-            "device_batch": config.get("device_batch"), "depth": config.get("depth")}
+            "device_batch": config.get("device_batch"), "depth": config.get("depth"),
+            "data": r.get("data") or config.get("data")}  # as trained on, else as asked for
 
 
 @app.callback()
@@ -70,7 +72,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _cells(r: dict) -> list[str]:
-    return [str(r["id"]), r["project"], r["title"] or "", r["kind"], _config(r), f"{r['gpu_count'] or 1}×{r['gpu']}",
+    return [str(r["id"]), r["project"], r["title"] or "", r["kind"], _config(r), _data(r), f"{r['gpu_count'] or 1}×{r['gpu']}",
             out.num(r["val_bpb"], 3) if r["val_bpb"] is not None else "—", out.seconds(r["wall_seconds"]),
             out.usd(r["cost_usd"]), out.pct(r["mfu"]), _outcome(r)]
 
@@ -80,11 +82,18 @@ def _outcome(r: dict) -> str:
     return f"{r['status']} ({n} recover{'y' if n == 1 else 'ies'})" if n else r["status"]
 
 
-HEAD = ("#", "project", "title", "kind", "config", "gpu", "val_bpb", "wall", "cost", "MFU", "outcome")
+HEAD = ("#", "project", "title", "kind", "config", "data", "gpu", "val_bpb", "wall", "cost", "MFU", "outcome")
 
 
 def _config(r: dict) -> str:
     return f"d{r['depth']} b{r['device_batch']}" if r.get("depth") else (r.get("preset") or "")
+
+
+def _data(r: dict) -> str:
+    """Short enough for a table: a Hub dataset's name without its owner, and 7 digits of its commit."""
+    data = r.get("data") or ""
+    m = re.fullmatch(r"(?:[\w.-]+/)?([\w.:-]+)(?:@(\w{7})\w*)?(.*)", data)
+    return data if data.startswith("/") or not m else m[1] + (f"@{m[2]}" if m[2] else "") + m[3]
 
 
 def _render(rows: list[dict]) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import (BatchOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt, ModelArg, NodesOpt,
+from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, TextColumnOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt, ModelArg, NodesOpt,
                                         PresetOpt, RatioOpt, SpotOpt, resolve)
 from nanolaunch import calibration
 from nanolaunch.planner import plan as make_plan
@@ -25,6 +25,9 @@ def plan(
     seq: Annotated[Optional[int], typer.Option("--seq", help="Sequence length.")] = None,
     total_batch: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step.")] = None,
     vocab: Annotated[Optional[int], typer.Option("--vocab", help="Vocabulary size.")] = None,
+    data: DataOpt = None,
+    data_split: DataSplitOpt = None,
+    text_column: TextColumnOpt = None,
     shards: Annotated[Optional[int], typer.Option(help="Data shards to fetch (train + 1 validation).")] = None,
     mfu: Annotated[Optional[float], typer.Option(help="Assume this MFU (0-1) for step time.")] = None,
     spot: SpotOpt = None,
@@ -33,7 +36,8 @@ def plan(
     """Print every derived number of a run: shape, FLOPs, horizon, batch, data, memory, time and cost."""
     config, chosen = resolve(model, preset, infra=infra, depth=depth, ratio=ratio, iterations=iterations, gpu=gpu, nodes=nodes,
                              device_batch=batch, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
-                             shards=shards, spot=spot)
+                             shards=shards, spot=spot, data=data, data_split=data_split,
+                             text_column=text_column)
     rows = calibration.ledger_rows()
     measured, measured_from = calibration.measured_for(config, chosen, rows, calibrate=mfu is None)
     result = make_plan(config, mfu=mfu, measured=measured, measured_from=measured_from)
@@ -64,9 +68,14 @@ def render(p: dict) -> None:
     row("batch", f"{p['device_batch']} × {p['seq_len']:,} × {p['world_size']} GPU × accum {p['grad_accum']}",
         f"= {p['total_batch']:,} tokens per step")
     if p["shards"] is not None:
-        row("data", f"{p['shards']} shards ({p['shards'] - 1} train + 1 val)",
-            f"one epoch needs {p['train_shards']} train shards at 5.0 chars/token; these repeat data above "
-            f"{p['repeat_above_chars_per_token']:.2f} chars/token")
+        repeats = (f"the data repeats: {p['epochs']:.2f} epochs at 5.0 chars/token" if p["epochs"] > 1 else
+                   f"these repeat data above {p['repeat_above_chars_per_token']:.2f} chars/token")
+        row("data", f"{p['shards']} of {p['dataset_files']:,} shards ({p['shards'] - 1} train + 1 val) of "
+            f"{p['config']['data']}",
+            f"one epoch needs {p['train_shards']:,} train shards at 5.0 chars/token and "
+            f"{p['chars_per_shard']:,.0f} chars per shard ({p['chars_from']}); {repeats}")
+    else:
+        row("data", p["config"]["data"], "")
     m = p["memory"]
     row("peak memory", f"{p['peak_memory_gib']:.1f} GiB of {p['gpu_memory_gib']:g} GiB: "
         + ("[green]fits[/]" if p["fits"] else "[red]does not fit[/]"),

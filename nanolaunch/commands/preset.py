@@ -1,6 +1,7 @@
 """`nanolaunch preset list | show`: the named presets and their provenance."""
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -69,8 +70,12 @@ def promote(
                   "run_id": str(run), "date": _date(row["ended_at"]), "commit": row["git_commit"],
                   "price_source": row["price_source"], "device_name": row["device_name"]}
     provenance = {k: v for k, v in provenance.items() if v is not None}
+    config = dict(row["config"])
+    commit = (row["data"] or "").rpartition("@")[2]
+    if re.fullmatch(r"[0-9a-f]{40}", commit) and not config.get("data_revision"):
+        config["data_revision"] = commit  # the preset trains on the very data the run did
     text = presets.to_toml(f"promoted from run #{run}" + (f": {row['title']}" if row["title"] else ""),
-                           row["config"], provenance, results)
+                           config, provenance, results)
     path = presets.write(name, text, overwrite=force)
     out.emit(presets.load(name).as_dict(), as_json, lambda p: out.console().print(f"wrote preset {name} to {path}"))
 

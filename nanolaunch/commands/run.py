@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import batch_search, output as out, presets
-from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
+from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, TextColumnOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
                                         LocalOpt, ManagedOpt, ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SpotOpt,
                                         TitleOpt, resolve)
 from nanolaunch.commands.ledger import export_row
@@ -28,6 +28,9 @@ def run(
     ratio: RatioOpt = None,
     iterations: IterationsOpt = None,
     batch: BatchOpt = None,
+    data: DataOpt = None,
+    data_split: DataSplitOpt = None,
+    text_column: TextColumnOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
     gpu: GpuOpt = None,
     infra: InfraOpt = None,
@@ -46,7 +49,8 @@ def run(
 ) -> None:
     """Train a model to the end of its horizon and record it in the ledger."""
     config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
-                             checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot)
+                             checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot, data=data,
+                             data_split=data_split, text_column=text_column)
     plan = derived(config, chosen)
     if max_cost is not None and plan["cost_usd"] is not None and plan["cost_usd"] > max_cost:
         raise NanolaunchError(f"estimated cost {out.usd(plan['cost_usd'])} exceeds --max-cost {out.usd(max_cost)} "

@@ -224,7 +224,10 @@ ssh_up() {
   if ! pid_alive sshd /usr/sbin/sshd; then
     quiet ssh-keygen -A
     install -d -m 755 /run/sshd
+    # SetEnv: a login shell killed mid `pyenv rehash` (scancel) leaves pyenv's lock file behind, and every
+    # later login shell on the node (srun inherits this session's environment) would wait 60 s for it.
     setsid /usr/sbin/sshd -D -e -o ListenAddress=127.0.0.1 -o Port="$NL_SLURM_SSH_PORT" \
+      -o SetEnv=PYENV_REHASH_TIMEOUT=1 \
       -o PidFile="$NL_SLURM_STATE/run/sshd.pid" </dev/null >>"$LOGS/sshd.log" 2>&1 &
     echo "$!" >"$PIDS/sshd.pid"
     notes+=("sshd pid $! on 127.0.0.1:$NL_SLURM_SSH_PORT")
