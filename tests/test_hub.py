@@ -4,16 +4,33 @@ formats other than parquet, and the planner's data line for datasets of differen
 import hashlib
 import io
 import json
+import os
 import random
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import loopback_guard
 from conftest import nl
 from trainer import hub as hub_data
 from trainer.data import TokenLoader, iter_documents
 from trainer.hub import DataError, Source
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(tmp_path, monkeypatch):
+    """Here and in every process a test starts: connections beyond loopback fail, and are logged to fail the test."""
+    log = tmp_path / "network.log"
+    monkeypatch.setenv("NL_TEST_NETWORK_LOG", str(log))
+    for name in ("HF_UPDATE_DOWNLOAD_COUNTS", "HF_HUB_DISABLE_TELEMETRY"):  # trainer/hub.py's own settings count
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "loopback_only"),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    loopback_guard.install(monkeypatch.setattr)
+    yield
+    assert not log.exists(), log.read_text()
 
 
 def parquet(texts, column="text", row_group=50) -> bytes:

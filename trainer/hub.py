@@ -32,6 +32,16 @@ class DataError(ValueError):
     """Data that cannot be fetched, read or split as asked; the message is one line and says why."""
 
 
+def _datasets():
+    """`datasets`, with no usage counts: it would HEAD an S3 URL (not HF_ENDPOINT) for each dataset loaded."""
+    import datasets
+    from huggingface_hub import constants
+
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+    constants.HF_HUB_DISABLE_TELEMETRY = True
+    return datasets
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -111,9 +121,9 @@ def _hub_error(e: BaseException, source: Source) -> DataError:
 
 def list_files(source: Source, *, val_index: int | None = None) -> Listing:
     """Resolve the source on the Hub: `datasets` picks the split's files; the sha256 of each comes from the tree."""
-    import datasets
     from huggingface_hub import HfApi
 
+    datasets = _datasets()
     try:
         sha = HfApi().dataset_info(source.repo, revision=source.revision).sha
         builder = datasets.load_dataset_builder(source.repo, source.config, revision=sha)
@@ -226,9 +236,9 @@ def _download(listing: Listing, path: str, data_dir: Path) -> Path:
 
 def _convert(listing: Listing, raw: Path, path: str, data_dir: Path) -> Path:
     """A non-parquet file as a parquet shard of its text column, read by `datasets`; written atomically."""
-    import datasets
     import pyarrow.parquet as pq
 
+    datasets = _datasets()
     out = shard_path(listing, path, data_dir)
     if out.exists():
         return out
