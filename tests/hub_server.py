@@ -27,7 +27,7 @@ class Repo:
     files: dict[str, bytes]
     gated: bool = False
     sha: str = ""
-    served: dict[str, bytes] = field(default_factory=dict)  # what GET really sends, if not the file
+    damaged: dict[str, int] = field(default_factory=dict)  # path: GETs left that send it damaged
 
     def __post_init__(self):
         digest = hashlib.sha1(json.dumps(sorted((p, hashlib.sha256(b).hexdigest())
@@ -67,12 +67,8 @@ class Hub:
         return self.repos[repo_id]
 
     def damage(self, repo_id: str, path: str, times: int = 1) -> None:
-        """Serve `path` with one flipped byte in the middle, `times` times (same size, wrong sha256)."""
-        data = bytearray(self.repos[repo_id].files[path])
-        data[len(data) // 2] ^= 0xFF
-        self.repos[repo_id].served[path] = bytes(data)
-        self._damaged = getattr(self, "_damaged", {})
-        self._damaged[(repo_id, path)] = times
+        """Serve `path` with one byte flipped in the middle, `times` times (same size, wrong sha256)."""
+        self.repos[repo_id].damaged[path] = times
 
     def gets(self, path_suffix: str) -> list[str | None]:
         """Range headers of the GET requests for files ending in path_suffix."""
@@ -211,7 +207,14 @@ class Hub:
                 if name not in repo.files:
                     return self._error(404, "EntryNotFound", f"{name} does not exist on {rev}")
                 entry = repo.entry(name)
-                data = repo.served.get(name, repo.files[name]) if body else repo.files[name]
+                data = repo.files[name]
+                with hub._lock:
+                    if body and repo.damaged.get(name, 0) > 0:
+                        repo.damaged[name] -= 1
+                        data = bytearray(data)
+                        data[len(data) // 2] ^= 0xFF
+                        data = bytes(data)
+                    cut = hub.cut_after.pop(name, None) if body else None
                 start = 0
                 m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
                 status = 200
@@ -237,13 +240,6 @@ class Hub:
                 self.end_headers()
                 if not body:
                     return
-                with hub._lock:
-                    cut = hub.cut_after.pop(name, None)
-                    left = getattr(hub, "_damaged", {}).get((repo_id, name))
-                    if left is not None:
-                        hub._damaged[(repo_id, name)] = left - 1
-                        if left <= 1:
-                            repo.served.pop(name, None)
                 if cut is not None:
                     self.wfile.write(data[:cut])
                     self.wfile.flush()
@@ -253,3 +249,19 @@ class Hub:
                 self.wfile.write(data)
 
         return Handler
+
+
+if __name__ == "__main__":  # serve a folder of datasets, ROOT/OWNER/NAME/<files>, until interrupted
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(sys.argv[1])
+    hub = Hub()
+    for repo_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
+        files = {str(f.relative_to(repo_dir)): f.read_bytes() for f in sorted(repo_dir.rglob("*")) if f.is_file()}
+        sha = hub.add(f"{repo_dir.parent.name}/{repo_dir.name}", files).sha
+        print(f"{repo_dir.parent.name}/{repo_dir.name}: {len(files)} files at {sha}", flush=True)
+    print(f"HF_ENDPOINT={hub.url}", flush=True)
+    while True:
+        time.sleep(3600)
