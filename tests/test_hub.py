@@ -234,3 +234,30 @@ def test_a_cpu_run_trains_on_a_hub_dataset_end_to_end(hub, tmp_path, corpus):
     assert promoted.returncode == 0, promoted.stderr
     config = json.loads(promoted.stdout)["config"]
     assert (config["data"], config["data_revision"]) == ("tests/e2e", repo.sha)
+
+
+def test_the_data_flag(tmp_path, monkeypatch):
+    from nanolaunch.commands.common import data_settings, resolve
+    from nanolaunch.config import RunConfig
+    from nanolaunch.errors import NanolaunchError
+    from nanolaunch.task import placement
+
+    assert data_settings("HuggingFaceFW/fineweb-edu:sample-10BT@v1.2") == {
+        "data": "HuggingFaceFW/fineweb-edu", "data_config": "sample-10BT", "data_revision": "v1.2"}
+    assert data_settings("stdlib") == {"data": "stdlib"}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    assert data_settings("./texts") == data_settings("texts") == {"data": str(tmp_path / "texts")}
+    with pytest.raises(NanolaunchError, match="no such folder"):
+        data_settings("./missing")
+    with pytest.raises(NanolaunchError, match="OWNER/NAME"):
+        data_settings("a/b/c d")
+    # a new dataset drops what the preset chose for its own (a100_d10 fetches 18 FineWeb-EDU shards)
+    config, _ = resolve(None, "a100_d10", data="tests/other@abc")
+    assert (config.train.data, config.train.data_revision, config.train.shards) == ("tests/other", "abc", None)
+    local = RunConfig.build(depth=2, gpu="H100:1", data=str(tmp_path / "texts"))
+    with pytest.raises(NanolaunchError, match="a cloud node cannot read"):
+        placement(local, "x", bucket="b")
+    # ledger rows and promoted presets written before `data` replaced data_source still read
+    old = RunConfig.build(depth=2, data_source="stdlib", data_url=None)
+    assert old.train.data == "stdlib"

@@ -74,11 +74,15 @@ class Listing:
     train: list[str]
     val: str
     val_from: str  # why that file: "the validation split" or "held out: the split's last file"
-    parquet: bool  # read directly; else converted
+    format: str  # `datasets`' reader for the files (parquet, json, csv, text, …): parquet is read directly
     sha256: dict[str, str | None]
     chars_per_shard: float | None = None
     chars_from: str | None = None
     val_index: int | None = None  # the val_shard setting this listing was made with
+
+    @property
+    def parquet(self) -> bool:
+        return self.format == "parquet"
 
     @property
     def describe(self) -> str:
@@ -149,7 +153,7 @@ def list_files(source: Source, *, val_index: int | None = None) -> Listing:
     if not train:
         raise DataError(f"dataset {source.describe()} has one file in split {source.split!r}: nothing left to "
                         "train on after holding one out for validation")
-    listing = Listing(source, sha, train, val, val_from, parquet=all(p.endswith(".parquet") for p in train + [val]),
+    listing = Listing(source, sha, train, val, val_from, format=builder.info.builder_name,
                       sha256={i.path: i.lfs.sha256 if i.lfs else None for i in infos}, val_index=val_index)
     split = (builder.info.splits or {}).get(source.split)
     if source.repo == fineweb.REPO and source.config is None:
@@ -242,8 +246,7 @@ def _convert(listing: Listing, raw: Path, path: str, data_dir: Path) -> Path:
     out = shard_path(listing, path, data_dir)
     if out.exists():
         return out
-    builder = datasets.load_dataset_builder(listing.source.repo, listing.source.config, revision=listing.revision)
-    kind = builder.info.builder_name
+    kind = listing.format
     try:
         ds = datasets.load_dataset(kind, data_files=str(raw), split="train",
                                    cache_dir=str(data_dir / ".datasets-cache"))
