@@ -155,9 +155,11 @@ def _data_plan(config: RunConfig, tokens: int) -> dict:
     """Shards of a Hub dataset one epoch needs at the worst characters/token, what is fetched, when that repeats
     data, and where the dataset's size comes from; None everywhere for other data."""
     t = config.train
-    if data_kind(t.data) != "hub":
-        return {k: None for k in ("train_shards", "shards", "dataset_files", "chars_per_shard",
-                                  "repeat_above_chars_per_token", "epochs", "chars_from")}
+    kind = data_kind(t.data)
+    if kind in ("local", "stdlib"):
+        return _folder_plan(t.data if kind == "local" else data_dir(config), tokens)
+    if kind != "hub":
+        return dict(NO_DATA_PLAN)
     if (t.data, t.data_config, t.data_split, t.val_shard) == (fineweb.REPO, None, "train", None):
         files, chars, chars_from = fineweb.SHARDS_TOTAL, fineweb.CHARS_PER_SHARD, "nanolaunch's record"
     else:  # asks the Hub once, then reads the listing the trainer will use too
@@ -172,6 +174,27 @@ def _data_plan(config: RunConfig, tokens: int) -> dict:
                 "chars_from": chars_from}
     except ValueError as e:
         raise PlanError(f"{t.data}: {e}") from None
+
+
+NO_DATA_PLAN = {k: None for k in ("train_shards", "shards", "dataset_files", "chars_per_shard",
+                                  "repeat_above_chars_per_token", "epochs", "chars_from")}
+
+
+def _folder_plan(folder: str, tokens: int) -> dict:
+    """A folder's files are all read (the last is validation): how many epochs of them the run needs.
+    Unknown while the folder is missing (stdlib's is built by the first run; a wrong path fails there)."""
+    from trainer.data import DataError, list_shards
+    from trainer.hub import shard_chars
+
+    try:
+        paths = list_shards(folder)
+        chars = sum(shard_chars(p, "text") if p.suffix == ".parquet" else p.stat().st_size for p in paths[:-1])
+    except (DataError, OSError):
+        return dict(NO_DATA_PLAN)
+    if len(paths) < 2 or not chars:
+        return dict(NO_DATA_PLAN)
+    return {**fineweb.plan_shards(tokens, files=len(paths), chars_per_shard=chars / (len(paths) - 1),
+                                  shards=len(paths)), "chars_from": "measured on the folder's files"}
 
 
 def data_dir(config: RunConfig) -> str:

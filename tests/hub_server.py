@@ -70,9 +70,10 @@ class Hub:
         """Serve `path` with one byte flipped in the middle, `times` times (same size, wrong sha256)."""
         self.repos[repo_id].damaged[path] = times
 
-    def gets(self, path_suffix: str) -> list[str | None]:
-        """Range headers of the GET requests for files ending in path_suffix."""
-        return [r for m, p, r in self.log if m == "GET" and "/resolve/" in p and p.endswith(path_suffix)]
+    def gets(self, repo_id: str, path: str) -> list[str | None]:
+        """Range headers of the GET requests for one file, in order."""
+        pattern = re.compile(rf"/datasets/{re.escape(repo_id)}/resolve/[^/]+/{re.escape(path)}")
+        return [r for m, p, r in self.log if m == "GET" and pattern.fullmatch(p)]
 
     def close(self) -> None:
         self._server.shutdown()

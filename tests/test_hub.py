@@ -64,10 +64,12 @@ def test_listing_download_and_the_kept_facts(hub, tmp_path):
     assert hub_data.facts(Source("tests/listing"), tmp_path) == listing and len(hub.log) == asked
     paths = hub_data.fetch(listing, listing.train + [listing.val], tmp_path)
     assert [p.read_bytes() for p in paths] == [repo.files[p] for p in listing.train + [listing.val]]
-    # fetched files are not fetched again
-    asked = len(hub.gets(".parquet"))
-    hub_data.fetch(listing, listing.train, tmp_path)
-    assert len(hub.gets(".parquet")) == asked
+    # fetched files are neither fetched nor read through again (a rerun on 1,775 shards would read them all)
+    asked = sum(len(hub.gets("tests/listing", p)) for p in repo.files)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(hub_data, "_sha256", lambda path: pytest.fail(f"{path} hashed again"))
+        hub_data.fetch(listing, listing.train, tmp_path)
+    assert sum(len(hub.gets("tests/listing", p)) for p in repo.files) == asked
 
 
 def test_an_interrupted_download_resumes_from_where_it_stopped(hub, tmp_path, monkeypatch):
@@ -82,10 +84,29 @@ def test_an_interrupted_download_resumes_from_where_it_stopped(hub, tmp_path, mo
     hub.cut_after[name] = half  # the first GET is cut off after half the file
     [path] = hub_data.fetch(listing, [name], tmp_path)
     assert path.read_bytes() == repo.files[name]
-    ranges = hub.gets(name)
+    ranges = hub.gets(listing.source.repo, name)
     assert ranges[0] is None and len(ranges) == 2, ranges
     resumed_at = int(ranges[1].removeprefix("bytes=").removesuffix("-"))
     assert 0 < resumed_at <= half  # the second asks for the rest only (from the last whole chunk received)
+
+
+def test_a_download_cut_off_in_a_killed_process_resumes_in_the_next(hub, tmp_path, monkeypatch):
+    """No second attempt in the first process (as when it is killed): the next fetch continues the bytes on disk."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1 << 16)
+    noise = [random.Random(i).randbytes(300).hex() for i in range(1000)]
+    repo = hub.add("tests/killed", {"a.parquet": parquet(noise), "b.parquet": parquet(docs(1))})
+    listing = hub_data.list_files(Source("tests/killed"))
+    hub.cut_after["a.parquet"] = len(repo.files["a.parquet"]) // 2
+    monkeypatch.setattr(hub_data, "ATTEMPTS", 0)
+    with pytest.raises(DataError, match="a.parquet: download failed after 1 attempts"):
+        hub_data.fetch(listing, ["a.parquet"], tmp_path)
+    assert not (tmp_path / "a.parquet").exists()  # never a half file under the real name
+    [path] = hub_data.fetch(listing, ["a.parquet"], tmp_path)
+    assert path.read_bytes() == repo.files["a.parquet"]
+    first, second = hub.gets("tests/killed", "a.parquet")
+    assert first is None and second.startswith("bytes=") and second != "bytes=0-"
 
 
 def test_a_corrupted_download_is_detected_and_fetched_again(hub, tmp_path):
@@ -95,13 +116,13 @@ def test_a_corrupted_download_is_detected_and_fetched_again(hub, tmp_path):
     hub.damage("tests/corrupt", name, times=1)  # same size, one byte flipped: only the sha256 tells
     [path] = hub_data.fetch(listing, [name], tmp_path)
     assert path.read_bytes() == repo.files[name]
-    assert len(hub.gets(name)) == 2
+    assert len(hub.gets(listing.source.repo, name)) == 2
     # damaged on disk later (the download's metadata still matches): checked, and fetched again
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))
     [path] = hub_data.fetch(listing, [name], tmp_path)
-    assert path.read_bytes() == repo.files[name] and len(hub.gets(name)) == 3
+    assert path.read_bytes() == repo.files[name] and len(hub.gets(listing.source.repo, name)) == 3
 
 
 def test_a_file_damaged_on_the_hub_itself_fails_with_one_line(hub, tmp_path):
@@ -200,6 +221,14 @@ def test_plan_data_lines_for_the_default_and_two_more_datasets(hub, tmp_path):
     assert small["chars_from"].startswith("measured on data/train-00000")
     text = nl(home, "plan", "--preset", "a100_d10", "--data", "tests/small").stdout
     assert "the data repeats" in text and "3 of 3 shards (2 train + 1 val) of tests/small" in text
+
+
+def test_plan_measures_a_local_folder(tmp_path, corpus):
+    folder = plan_json(tmp_path / "home", "--preset", "a100_d10", "--data", str(corpus[0].parent))
+    assert (folder["shards"], folder["dataset_files"]) == (4, 4) and folder["epochs"] > 100
+    assert folder["chars_from"] == "measured on the folder's files"
+    text = nl(tmp_path / "home", "plan", "--preset", "a100_d10", "--data", str(corpus[0].parent)).stdout
+    assert "the data repeats" in text
 
 
 def test_plan_names_a_dataset_it_cannot_reach(hub, tmp_path):

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,6 +175,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _mark_path(local: Path) -> Path:
+    return local.with_name(f".{local.name}.checked")
+
+
+def _checked(local: Path) -> str | None:
+    """The sha256 `local` was found to have, if it has not changed (size, mtime) since."""
+    try:
+        digest, size, mtime = _mark_path(local).read_text().split()
+        st = local.stat()
+        return digest if (int(size), int(mtime)) == (st.st_size, st.st_mtime_ns) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _mark_checked(local: Path, digest: str | None) -> None:
+    if digest:
+        st, mark = local.stat(), _mark_path(local)
+        tmp = mark.with_name(f"{mark.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(f"{digest} {st.st_size} {st.st_mtime_ns}\n")
+        os.replace(tmp, mark)
+
+
 def verify_parquet(path, column: str = "text", *, full: bool = True) -> int:
     """Raise DataError unless `path` is parquet with a string column `column`; return its row count.
     full=True also decodes every page, which catches damage inside the file, not just truncation."""
@@ -220,6 +243,8 @@ def _download(listing: Listing, path: str, data_dir: Path) -> Path:
             last = e
             continue
         want = listing.sha256.get(path)
+        if _checked(local) == want and want:
+            return local  # checked before, untouched since: a rerun does not read every shard again
         problem = None
         if want and _sha256(local) != want:
             problem = f"sha256 differs from the Hub's {want[:12]}…"
@@ -232,6 +257,7 @@ def _download(listing: Listing, path: str, data_dir: Path) -> Path:
                 else:
                     raise  # the Hub's own bytes: fetching again will not help
         if problem is None:
+            _mark_checked(local, want)
             return local
         last, force = DataError(f"{path}: {problem}"), True  # damaged copy: fetch it again from scratch
         local.unlink(missing_ok=True)
