@@ -71,9 +71,9 @@ def count_evals(iterations: int, eval_every: int) -> int:
 
 
 def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None = None, measured_from: str = "",
-         rank_alternatives: bool = True, probe: bool = False) -> dict:
+         rank_alternatives: bool = True, probe: bool = False, data: dict | None = None) -> dict:
     """`probe`: the config is a probe's, which trains on synthetic batches (no data pipeline in memory) and
-    never evaluates."""
+    never evaluates. `data`: the data plan, when the caller has it (it is the same on every GPU)."""
     gpu, per_node, world = config.accelerator, config.gpus_per_node, config.world_size
     shape = config.shape
     try:
@@ -116,7 +116,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
                         else f"no price for {per_node}×{gpu.name} in one node in {prices.SNAPSHOT.name}")
     rate = spot_rate if config.spot and spot_rate else on_demand_rate
 
-    data = _data_plan(config, tokens)
+    data = data or _data_plan(config, tokens)
     result = {
         **shape.as_dict(),
         "gpu": gpu.name, "gpu_description": gpu.description, "gpus_per_node": per_node, "nodes": config.nodes,
@@ -135,7 +135,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         "warnings": warnings,
     }
     if rank_alternatives and not local and not config.slurm:
-        result["ranking"] = rank_gpus(config, mfu=mfu)
+        result["ranking"] = rank_gpus(config, mfu=mfu, data=data)
     return result
 
 
@@ -161,7 +161,7 @@ def _data_plan(config: RunConfig, tokens: int) -> dict:
     if kind != "hub":
         return dict(NO_DATA_PLAN)
     if (t.data, t.data_config, t.data_split, t.val_shard) == (fineweb.REPO, None, "train", None):
-        files, chars, chars_from = fineweb.SHARDS_TOTAL, fineweb.CHARS_PER_SHARD, "nanolaunch's record"
+        files, chars, chars_from = fineweb.SHARDS_TOTAL, fineweb.CHARS_PER_SHARD, fineweb.CHARS_FROM
     else:  # asks the Hub once, then reads the listing the trainer will use too
         from trainer import hub
         try:
@@ -204,13 +204,13 @@ def data_dir(config: RunConfig) -> str:
     return str(home() / "cache" / "data" / data_slug(config.train))
 
 
-def rank_gpus(config: RunConfig, *, mfu: float | None = None, top: int = 5) -> list[dict]:
+def rank_gpus(config: RunConfig, *, mfu: float | None = None, top: int = 5, data: dict | None = None) -> list[dict]:
     """The same run on each priced GPU kind, same GPUs per node and nodes, cheapest first."""
     per_node = config.gpus_per_node
     rows = []
     for name in gpus.GPUS:
         try:
-            p = plan(config.replace(gpu=f"{name}:{per_node}"), mfu=mfu, rank_alternatives=False)
+            p = plan(config.replace(gpu=f"{name}:{per_node}"), mfu=mfu, rank_alternatives=False, data=data)
         except NanolaunchError:
             continue
         if p["usd_per_hour_on_demand"] is None or p["cost_usd"] is None:

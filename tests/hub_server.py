@@ -183,7 +183,8 @@ class Hub:
                 out = []
                 for d in sorted(repo.dirs()):
                     if d.startswith(prefix) and (recursive or "/" not in d[len(prefix):]):
-                        out.append({"type": "directory", "path": d, "size": 0, "oid": hashlib.sha1(d.encode()).hexdigest()})
+                        out.append({"type": "directory", "path": d, "size": 0,
+                                    "oid": hashlib.sha1(d.encode()).hexdigest()})
                 for p in sorted(repo.files):
                     if p.startswith(prefix) and (recursive or "/" not in p[len(prefix):]):
                         out.append(repo.entry(p))

@@ -168,7 +168,8 @@ def test_a_json_lines_dataset_with_a_validation_split_becomes_parquet_shards(hub
     hub.add("tests/jsonl", {"data/train-0.jsonl": lines("a", 300), "data/train-1.jsonl": lines("b", 300),
                             "data/validation-0.jsonl": lines("v", 40), "README.md": b"# a json lines dataset\n"})
     listing = hub_data.facts(Source("tests/jsonl", column="content"), tmp_path)
-    assert not listing.parquet and listing.val == "data/validation-0.jsonl" and listing.val_from == "the validation split"
+    assert not listing.parquet and listing.format == "json"
+    assert listing.val == "data/validation-0.jsonl" and listing.val_from == "the validation split"
     assert listing.train == ["data/train-0.jsonl", "data/train-1.jsonl"]
     shards = hub_data.fetch(listing, listing.train + [listing.val], tmp_path)
     assert [s.suffix for s in shards] == [".parquet"] * 3

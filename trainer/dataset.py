@@ -118,7 +118,8 @@ def _tokenizer(cfg: TrainConfig, env: DistEnv, data: Dataset, data_dir: Path):
     tok_dir = Path(cfg.tokenizer_dir or data_dir / f"tokenizer_{cfg.vocab_size}")
     if env.master and not (tok_dir / META_FILE).is_file():
         t0 = time.time()
-        tok = train_tokenizer(iter_documents(data.train_paths, column=data.column), cfg.vocab_size, max_chars=cfg.tokenizer_chars)
+        tok = train_tokenizer(iter_documents(data.train_paths, column=data.column), cfg.vocab_size,
+                              max_chars=cfg.tokenizer_chars)
         tok.save(tok_dir)
         log(f"tokenizer: trained {tok.vocab_size:,} tokens on ≤{cfg.tokenizer_chars:,} chars in "
             f"{time.time() - t0:.1f}s → {tok_dir}")

@@ -11,19 +11,14 @@ import math
 
 REPO = "karpathy/fineweb-edu-100b-shuffle"
 SHARDS_TOTAL = 1823
-VAL_SHARD = SHARDS_TOTAL - 1
 CHARS_PER_SHARD = 250_000_000
+CHARS_FROM = "nanolaunch's record (trainer/fineweb.py)"  # where CHARS_PER_SHARD comes from, as plans say
 CHARS_PER_TOKEN_RANGE = (3.5, 5.0)
 
 
 def train_shards_needed(tokens: int, chars_per_shard: float = CHARS_PER_SHARD) -> int:
     """Training shards for one epoch of `tokens` at the worst characters/token."""
     return math.ceil(tokens * CHARS_PER_TOKEN_RANGE[1] / chars_per_shard)
-
-
-def shards_needed(tokens: int, chars_per_shard: float = CHARS_PER_SHARD) -> int:
-    """Shards to fetch: the training shards plus the validation shard."""
-    return train_shards_needed(tokens, chars_per_shard) + 1
 
 
 def repeat_above_chars_per_token(shards: int, tokens: int, chars_per_shard: float = CHARS_PER_SHARD) -> float:

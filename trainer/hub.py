@@ -4,7 +4,7 @@ A source is a dataset id plus config, split, text column and revision. `datasets
 load_dataset would (README configs, split patterns). Parquet files are read directly; other formats (json,
 csv, txt, …) are read once by `datasets` and kept as parquet shards with one `text` column. Downloads resume
 from huggingface_hub's .incomplete files; each file is checked against the Hub's sha256 and read through
-before use, and fetched once more if it fails. The token is HF_TOKEN from the environment, never written.
+before use, and fetched again if it fails. The token is HF_TOKEN from the environment, never written.
 
 The listing, with characters per shard, is kept as `dataset.json` in the data folder: the planner and the
 trainer count shards from the same facts. Characters per shard come from, in order: nanolaunch's record of
@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -158,7 +157,7 @@ def list_files(source: Source, *, val_index: int | None = None) -> Listing:
                       sha256={i.path: i.lfs.sha256 if i.lfs else None for i in infos}, val_index=val_index)
     split = (builder.info.splits or {}).get(source.split)
     if source.repo == fineweb.REPO and source.config is None:
-        listing.chars_per_shard, listing.chars_from = fineweb.CHARS_PER_SHARD, "nanolaunch's record (trainer/fineweb.py)"
+        listing.chars_per_shard, listing.chars_from = fineweb.CHARS_PER_SHARD, fineweb.CHARS_FROM
     elif split is not None and split.num_bytes:
         listing.chars_per_shard = split.num_bytes / len(files[source.split])
         listing.chars_from = "the dataset card's split size"
@@ -222,7 +221,7 @@ def verify_parquet(path, column: str = "text", *, full: bool = True) -> int:
 
 
 def _download(listing: Listing, path: str, data_dir: Path) -> Path:
-    """One file into data_dir (huggingface_hub's local-dir layout), resumed and checked; fetched afresh once
+    """One file into data_dir (huggingface_hub's local-dir layout), resumed and checked; fetched afresh
     if what is on disk does not match the Hub's sha256 or cannot be read."""
     import httpx
     from huggingface_hub import hf_hub_download
@@ -280,8 +279,8 @@ def _convert(listing: Listing, raw: Path, path: str, data_dir: Path) -> Path:
         raise DataError(f"{listing.source.repo}/{path}: `datasets` cannot read it as {kind}: {_one_line(e)}") from None
     column = listing.source.column
     if column not in ds.column_names:
-        raise DataError(f"{listing.source.repo}/{path} has no column {column!r} (columns: {', '.join(ds.column_names)}); "
-                        "name the text column with --text-column")
+        raise DataError(f"{listing.source.repo}/{path} has no column {column!r} (columns: "
+                        f"{', '.join(ds.column_names)}); name the text column with --text-column")
     table = ds.data.table.select([column]).rename_columns(["text"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -290,18 +289,13 @@ def _convert(listing: Listing, raw: Path, path: str, data_dir: Path) -> Path:
     return out
 
 
-def fetch(listing: Listing, paths: list[str], data_dir, *, workers: int = 4, progress=None) -> list[Path]:
+def fetch(listing: Listing, paths: list[str], data_dir, *, workers: int = 4) -> list[Path]:
     """The given repo files as readable shards in data_dir, in parallel; the first failure is raised."""
     data_dir = Path(data_dir)
-    done = [0]
 
     def one(path: str) -> Path:
         local = _download(listing, path, data_dir)
-        shard = local if listing.parquet else _convert(listing, local, path, data_dir)
-        done[0] += 1
-        if progress:
-            progress(done[0], len(paths))
-        return shard
+        return local if listing.parquet else _convert(listing, local, path, data_dir)
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="hub-dl") as pool:
         return list(pool.map(one, paths))
@@ -328,12 +322,12 @@ def shard_chars(path, column: str) -> int:
     return sum(md.row_group(i).column(col).total_uncompressed_size for i in range(md.num_row_groups))
 
 
-def facts(source: Source, data_dir, *, val_index: int | None = None, refresh: bool = False) -> Listing:
+def facts(source: Source, data_dir, *, val_index: int | None = None) -> Listing:
     """The listing with characters per shard, from data_dir/dataset.json when it is for this source, else
     from the Hub (measuring the first training shard if nothing says its size), then kept there."""
     data_dir = Path(data_dir)
     kept = data_dir / LISTING_FILE
-    if not refresh and kept.is_file():
+    if kept.is_file():
         try:
             listing = Listing.from_json(kept.read_text())
             if listing.source == source and listing.val_index == val_index:
@@ -351,6 +345,3 @@ def facts(source: Source, data_dir, *, val_index: int | None = None, refresh: bo
     os.replace(tmp, kept)
     return listing
 
-
-def is_dataset_id(value: str) -> bool:
-    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", value) is not None

@@ -15,13 +15,14 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from trainer import fineweb
 from trainer.arithmetic import (DEFAULT_HEAD_DIM, DEFAULT_SEQ_LEN, DEFAULT_TOTAL_BATCH, DEFAULT_VOCAB, ModelShape,
                                 ShapeError)
 
 ENV_PREFIX = "NL_"
 DEFAULT_RATIO = 20.0  # Chinchilla-style tokens:params when no horizon is given (nanochat's default)
 HORIZONS = ("iterations", "ratio", "target_flops")
-DEFAULT_DATA = "karpathy/fineweb-edu-100b-shuffle"
+DATASET_ID = r"[\w.-]+(?:/[\w.-]+)?"  # a Hub dataset id: owner/name, or a bare canonical name
 BUILT_IN_DATA = ("stdlib", "synthetic")
 
 
@@ -47,7 +48,7 @@ def at_least_two(v):
 
 
 def data_value(v):
-    if v in BUILT_IN_DATA or v.startswith("/") or re.fullmatch(r"[\w.-]+(/[\w.-]+)?", v):
+    if v in BUILT_IN_DATA or v.startswith("/") or re.fullmatch(DATASET_ID, v):
         return None
     return "must be a dataset id (owner/name), an absolute folder path, stdlib or synthetic"
 
@@ -118,7 +119,7 @@ class TrainConfig:
     threads: int | None = setting(None, "torch threads per process (unset: cores / local processes)", "system",
                                   check=positive)
     # data
-    data: str = setting(DEFAULT_DATA, "a Hugging Face dataset id, a local folder of *.parquet or *.txt files "
+    data: str = setting(fineweb.REPO, "a Hugging Face dataset id, a local folder of *.parquet or *.txt files "
                         "(absolute path; the last file is validation), stdlib (the Python standard-library corpus) or "
                         "synthetic (arithmetic sequences: tests, probes)", "data", check=data_value)
     data_config: str | None = setting(None, "Hub dataset: its config (subset), as load_dataset's name", "data")

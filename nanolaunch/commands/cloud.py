@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, TextColumnOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
-                                        ManagedOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt, RunArg, SpotOpt, resolve)
+from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt,
+                                        IterationsOpt, JsonOpt, ManagedOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt,
+                                        RunArg, SpotOpt, TextColumnOpt, resolve)
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import Ledger, pid_alive

@@ -14,7 +14,7 @@ import typer
 from nanolaunch import presets
 from nanolaunch.config import ConfigError, RunConfig
 from nanolaunch.errors import NanolaunchError
-from trainer.settings import BUILT_IN_DATA
+from trainer.settings import BUILT_IN_DATA, DATASET_ID
 
 # What to train.
 ModelArg = Annotated[Optional[str], typer.Argument(help="Model size as dN, e.g. d12 (depth 12).", show_default=False)]
@@ -29,7 +29,8 @@ CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
 # What it trains on.
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Training data: a Hugging Face dataset as ID[:CONFIG][@REVISION] (default "
-                   "karpathy/fineweb-edu-100b-shuffle), a local folder of *.parquet or *.txt files, stdlib or synthetic.")]
+                   "karpathy/fineweb-edu-100b-shuffle), a local folder of *.parquet or *.txt files, stdlib or "
+                   "synthetic.")]
 DataSplitOpt = Annotated[Optional[str], typer.Option("--data-split", help="Hub dataset: the split to train on "
                                                                           "(default train).")]
 TextColumnOpt = Annotated[Optional[str], typer.Option("--text-column", help="Hub dataset: the column holding the "
@@ -75,7 +76,7 @@ def data_settings(spec: str) -> dict:
         if not os.path.isdir(path):
             raise NanolaunchError(f"--data {spec}: no such folder")
         return {"data": path}
-    m = re.fullmatch(r"([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?(?:@([\w./-]+))?", spec)
+    m = re.fullmatch(rf"({DATASET_ID})(?::([\w.-]+))?(?:@([\w./-]+))?", spec)
     if not m:
         raise NanolaunchError(f"--data {spec!r}: give a dataset as OWNER/NAME[:CONFIG][@REVISION], a folder, "
                               "stdlib or synthetic")

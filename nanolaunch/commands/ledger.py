@@ -72,7 +72,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _cells(r: dict) -> list[str]:
-    return [str(r["id"]), r["project"], r["title"] or "", r["kind"], _config(r), _data(r), f"{r['gpu_count'] or 1}×{r['gpu']}",
+    return [str(r["id"]), r["project"], r["title"] or "", r["kind"], _config(r), _data(r),
+            f"{r['gpu_count'] or 1}×{r['gpu']}",
             out.num(r["val_bpb"], 3) if r["val_bpb"] is not None else "—", out.seconds(r["wall_seconds"]),
             out.usd(r["cost_usd"]), out.pct(r["mfu"]), _outcome(r)]
 

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import output as out
-from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, TextColumnOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt, ModelArg, NodesOpt,
-                                        PresetOpt, RatioOpt, SpotOpt, resolve)
+from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
+                                        ModelArg, NodesOpt, PresetOpt, RatioOpt, SpotOpt, TextColumnOpt, resolve)
 from nanolaunch import calibration
 from nanolaunch.planner import plan as make_plan
 

@@ -71,9 +71,9 @@ def promote(
                   "price_source": row["price_source"], "device_name": row["device_name"]}
     provenance = {k: v for k, v in provenance.items() if v is not None}
     config = dict(row["config"])
-    commit = (row["data"] or "").rpartition("@")[2]
-    if re.fullmatch(r"[0-9a-f]{40}", commit) and not config.get("data_revision"):
-        config["data_revision"] = commit  # the preset trains on the very data the run did
+    commit = re.search(r"@([0-9a-f]{40})\b", row["data"] or "")
+    if commit and not config.get("data_revision"):
+        config["data_revision"] = commit[1]  # the preset trains on the very data the run did
     text = presets.to_toml(f"promoted from run #{run}" + (f": {row['title']}" if row["title"] else ""),
                            config, provenance, results)
     path = presets.write(name, text, overwrite=force)

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 import typer
 
 from nanolaunch import batch_search, output as out, presets
-from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, TextColumnOpt, CheckpointEveryOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
-                                        LocalOpt, ManagedOpt, ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SpotOpt,
-                                        TitleOpt, resolve)
+from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt,
+                                        IterationsOpt, JsonOpt, LocalOpt, ManagedOpt, ModelArg, NodesOpt, PresetOpt,
+                                        ProjectOpt, RatioOpt, SpotOpt, TextColumnOpt, TitleOpt, resolve)
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError

@@ -64,7 +64,8 @@ def _render(d: dict) -> None:
             f"{out.num(d['tokens_per_second'])} tokens/s · step {out.num(d['step_ms'])} ms · peak "
             f"{out.num(d['peak_memory_gib'], 2)} GiB · {out.num(d['steps'])} steps · wall "
             f"{out.seconds(d['wall_seconds'])} · {out.usd(d['cost_usd'])}")
-    c.print(f"data      {d.get('data') or cfg.get('data')}" + ("" if d.get("data") else " (as asked for; not yet resolved)"))
+    c.print(f"data      {d.get('data') or cfg.get('data')}" +
+            ("" if d.get("data") else " (as asked for; not yet resolved)"))
     if d.get("device_name"):
         c.print(f"machine   {d['device_name']}" + (f" · key {d['machine']}" if d.get("machine") else ""))
     if d.get("error"):
