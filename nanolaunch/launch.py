@@ -54,7 +54,7 @@ def derived(config: RunConfig, preset: Preset | None, probe: bool = False) -> di
     from nanolaunch import calibration
 
     measured, source = calibration.measured_for(config, preset, calibration.ledger_rows(), probe=probe)
-    return make_plan(config, measured=measured, measured_from=source, rank_alternatives=False, probe=probe)
+    return make_plan(config, measured=measured, measured_from=source, probe=probe)
 
 
 def open_row(ledger: Ledger, req: Request, plan: dict, backend: str, nodes: int, **fields) -> int:

@@ -71,7 +71,7 @@ def count_evals(iterations: int, eval_every: int) -> int:
 
 
 def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None = None, measured_from: str = "",
-         rank_alternatives: bool = True, probe: bool = False, data: dict | None = None) -> dict:
+         probe: bool = False, data: dict | None = None) -> dict:
     """`probe`: the config is a probe's, which trains on synthetic batches (no data pipeline in memory) and
     never evaluates. `data`: the data plan, when the caller has it (it is the same on every GPU)."""
     gpu, per_node, world = config.accelerator, config.gpus_per_node, config.world_size
@@ -87,34 +87,14 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
     if config.train.device_batch & (config.train.device_batch - 1):
         warnings.append(f"device batch {config.train.device_batch} is not a power of two; kernels are usually slower")
 
-    local = config.on_cpu
-    mem = memory.estimate(shape, config.train.device_batch, gpu.memory_gib, "cpu" if local else "cuda", real_data=not probe,
-                          world_size=world, compiled=config.mode[1], ns_bytes=2 if _bf16_native(config) else 4)
+    mem = memory_for(config, probe=probe)
     tput = throughput(config, gpu, mfu, measured, measured_from)
 
-    step_s = train_s = eval_s = wall_h = None
     startup_s = (measured or {}).get("startup_seconds") if mfu is None else None
     n_evals = 0 if probe else count_evals(iterations, config.train.eval_every)
-    if tput.flops_per_second:
-        cluster_flops = tput.flops_per_second * world
-        step_s = config.train.total_batch * shape.flops_per_token / cluster_flops
-        train_s = step_s * iterations
-        eval_s = n_evals * config.train.eval_tokens * shape.flops_per_token / 3 / cluster_flops  # forward only: 1/3
-        wall_h = (train_s + eval_s + (startup_s or 0)) / 3600
-
-    if local or config.slurm:  # this machine, or your own cluster: the rate you set
-        rate, price_source = prices.local_rate()
-        if config.slurm:
-            price_source = f"{config.infra}: {price_source}"
-        on_demand_rate, spot_rate = rate, None
-    else:
-        # a cloud run mounts its bucket; several nodes need a cloud that can join them
-        offer, spot_offer = prices.cheapest(gpu.name, per_node, prices.needs(nodes=config.nodes))
-        on_demand_rate = offer.usd_per_hour * config.nodes if offer else None
-        spot_rate = spot_offer.spot_usd_per_hour * config.nodes if spot_offer else None
-        price_source = (f"{offer.label}, {offer.source}" if offer
-                        else f"no price for {per_node}×{gpu.name} in one node in {prices.SNAPSHOT.name}")
-    rate = spot_rate if config.spot and spot_rate else on_demand_rate
+    step_s, train_s, eval_s, wall_h = timing(config, tput, iterations, n_evals, startup_s)
+    price = node_price(config)
+    rate = price.spot_rate if config.spot else price.on_demand_rate
 
     data = data or _data_plan(config, tokens)
     result = {
@@ -129,14 +109,72 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         "peak_flops": gpu.peak_flops, "mfu": tput.mfu, "mfu_source": tput.source,
         "step_seconds": step_s, "evals": n_evals, "eval_seconds": eval_s, "train_seconds": train_s,
         "startup_seconds": startup_s,
-        "wall_hours": wall_h, "spot": config.spot, "usd_per_hour": rate, "price_source": price_source,
-        "usd_per_hour_on_demand": on_demand_rate, "usd_per_hour_spot": spot_rate,
-        "cost_usd": _cost(wall_h, on_demand_rate), "cost_usd_spot": _cost(wall_h, spot_rate),
+        "wall_hours": wall_h, "spot": config.spot, "usd_per_hour": rate,
+        "price_source": price.spot_source if config.spot else price.source,
+        "usd_per_hour_on_demand": price.on_demand_rate, "usd_per_hour_spot": price.spot_rate,
+        "price_source_on_demand": price.source, "price_source_spot": price.spot_source, "clouds": price.clouds,
+        "cost_usd": _cost(wall_h, price.on_demand_rate), "cost_usd_spot": _cost(wall_h, price.spot_rate),
         "warnings": warnings,
     }
-    if rank_alternatives and not local and not config.slurm:
-        result["ranking"] = rank_gpus(config, mfu=mfu, data=data)
     return result
+
+
+def timing(config: RunConfig, tput: Throughput, iterations: int, n_evals: int,
+           startup_s: float | None = None) -> tuple[float | None, ...]:
+    """(step, training, evaluation seconds, wall hours) at this throughput; None everywhere when unknown."""
+    if not tput.flops_per_second:
+        return None, None, None, None
+    shape = config.shape
+    cluster_flops = tput.flops_per_second * config.world_size
+    step_s = config.train.total_batch * shape.flops_per_token / cluster_flops
+    train_s = step_s * iterations
+    eval_s = n_evals * config.train.eval_tokens * shape.flops_per_token / 3 / cluster_flops  # forward only: 1/3
+    return step_s, train_s, eval_s, (train_s + eval_s + (startup_s or 0)) / 3600
+
+
+@dataclass(frozen=True)
+class NodePrice:
+    """What the run's nodes cost per hour, on demand and spot (None: no offer), each with its source."""
+    on_demand_rate: float | None
+    spot_rate: float | None
+    source: str
+    spot_source: str
+    clouds: str  # which clouds were priced, and why those
+
+
+def node_price(config: RunConfig, clouds: prices.Clouds | None = None) -> NodePrice:
+    """This machine or your own cluster: the rate you set. A cloud run: the cheapest node SkyPilot's optimizer
+    would pick on the enabled clouds that can run it (a cloud run mounts its bucket; several nodes need a
+    cloud that can join them), on demand and spot each with its own cloud, region and instance."""
+    if config.on_cpu or config.slurm:
+        rate, source = prices.local_rate()
+        if config.slurm:
+            source = f"{config.infra}: {source}"
+        return NodePrice(rate, None, source, "", "")  # no spot here or on a Slurm cluster
+    clouds = clouds or infra_clouds(config)
+    gpu, per_node, nodes = config.accelerator.name, config.gpus_per_node, config.nodes
+    offer, spot = prices.cheapest(gpu, per_node, prices.needs(nodes=nodes), clouds)
+    where = f"{per_node}×{gpu} in one node"
+    return NodePrice(
+        offer.usd_per_hour * nodes if offer else None, spot.spot_usd_per_hour * nodes if spot else None,
+        f"{offer.label}, {offer.source}" if offer else f"unknown: no offer for {where} on {clouds.note}",
+        f"{spot.spot_label}, {spot.source}" if spot else f"unknown: no spot offer for {where} on {clouds.note}",
+        clouds.note)
+
+
+def infra_clouds(config: RunConfig) -> prices.Clouds:
+    """--infra CLOUD[/REGION] narrows the clouds to that one, as SkyPilot's optimizer does."""
+    if config.infra:
+        cloud = config.infra.split("/")[0]
+        return prices.Clouds(frozenset({cloud}), f"{cloud} (--infra {config.infra})")
+    return prices.enabled_clouds()
+
+
+def memory_for(config: RunConfig, device_batch: int | None = None, probe: bool = False) -> memory.MemoryEstimate:
+    """Peak memory per device of this config (at another device batch if given); `probe`: synthetic batches."""
+    return memory.estimate(config.shape, device_batch or config.train.device_batch, config.accelerator.memory_gib,
+                           "cpu" if config.on_cpu else "cuda", real_data=not probe, world_size=config.world_size,
+                           compiled=config.mode[1], ns_bytes=2 if _bf16_native(config) else 4)
 
 
 def _bf16_native(config: RunConfig) -> bool:
@@ -202,24 +240,6 @@ def data_dir(config: RunConfig) -> str:
     from nanolaunch.presets import home
 
     return str(home() / "cache" / "data" / data_slug(config.train))
-
-
-def rank_gpus(config: RunConfig, *, mfu: float | None = None, top: int = 5, data: dict | None = None) -> list[dict]:
-    """The same run on each priced GPU kind, same GPUs per node and nodes, cheapest first."""
-    per_node = config.gpus_per_node
-    rows = []
-    for name in gpus.GPUS:
-        try:
-            p = plan(config.replace(gpu=f"{name}:{per_node}"), mfu=mfu, rank_alternatives=False, data=data)
-        except NanolaunchError:
-            continue
-        if p["usd_per_hour_on_demand"] is None or p["cost_usd"] is None:
-            continue
-        rows.append({"gpu": f"{name}:{per_node}", "fits": p["fits"], "peak_memory_gib": p["peak_memory_gib"],
-                     "wall_hours": p["wall_hours"], "usd_per_hour": p["usd_per_hour_on_demand"],
-                     "cost_usd": p["cost_usd"], "cost_usd_spot": p["cost_usd_spot"], "mfu": p["mfu"]})
-    rows.sort(key=lambda r: (not r["fits"], r["cost_usd"]))
-    return rows[:top]
 
 
 def measured_from_preset(preset, config: RunConfig) -> tuple[dict | None, str]:

@@ -1,4 +1,5 @@
-"""GPU node prices: SkyPilot's own cached catalog when this machine has one, else the shipped snapshot.
+"""GPU node prices as SkyPilot will charge them: its own catalog files (the ones its optimizer reads), else the
+shipped snapshot, on the clouds the user has enabled in SkyPilot.
 
 Every price carries its source, which the plan prints and the ledger stores with the run.
 """
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,12 +18,25 @@ SNAPSHOT = Path(__file__).parent / "data" / "prices.csv"
 LOCAL_RATE_ENV = "NANOLAUNCH_LOCAL_USD_PER_HOUR"
 SKY_CATALOG_VERSION = "v8"  # sky/skylet/constants.py CATALOG_SCHEMA_VERSION in SkyPilot 0.14
 
+# GCP sells a GPU node as a host VM plus GPU rows priced apart; which VMs carry which GPUs is SkyPilot's
+# _ACC_INSTANCE_TYPE_DICTS (sky/catalog/gcp_catalog.py), for the GPUs nanolaunch plans with
+# (tests/test_prices.py holds this table to SkyPilot's own).
+GCP_HOSTS = {
+    "A100": {1: ["a2-highgpu-1g"], 2: ["a2-highgpu-2g"], 4: ["a2-highgpu-4g"], 8: ["a2-highgpu-8g"]},
+    "A100-80GB": {1: ["a2-ultragpu-1g"], 2: ["a2-ultragpu-2g"], 4: ["a2-ultragpu-4g"], 8: ["a2-ultragpu-8g"]},
+    "H100": {1: ["a3-highgpu-1g"], 2: ["a3-highgpu-2g"], 4: ["a3-highgpu-4g"], 8: ["a3-highgpu-8g"]},
+    "H200": {8: ["a3-ultragpu-8g"]},
+    "B200": {8: ["a4-highgpu-8g"]},
+}
+
 
 @dataclass(frozen=True)
 class Offer:
+    """One node type on one cloud: its cheapest on-demand price and where, and its cheapest spot price and
+    where (None where the cloud sells it no spot), as SkyPilot's optimizer prices them."""
     cloud: str
     instance_type: str
-    accelerator: str
+    accelerator: str  # nanolaunch's name for the GPU (the hardware table's)
     count: int
     region: str
     usd_per_hour: float
@@ -33,6 +48,10 @@ class Offer:
     @property
     def label(self) -> str:
         return f"{self.cloud} {self.instance_type} ({self.region})"
+
+    @property
+    def spot_label(self) -> str:
+        return f"{self.cloud} {self.instance_type} ({self.spot_region}) spot"
 
 
 def _float(text: str | None) -> float | None:
@@ -78,21 +97,56 @@ def sky_catalog_dir() -> Path:
     return Path(runtime) / ".sky" / "catalogs" / SKY_CATALOG_VERSION
 
 
-def _skypilot_cache_offers() -> tuple[Offer, ...]:
-    """Whole-node rows of SkyPilot's downloaded catalogs (<catalog dir>/<cloud>/vms.csv), if any."""
+def _catalog_offers(vms: Path) -> list[Offer]:
+    """The node offers in one cloud's vms.csv, priced as SkyPilot's optimizer prices a launchable: per region
+    (per zone where the catalog has zones), instance + GPUs in the same place, the cheapest place wins."""
+    cloud, source = vms.parent.name, f"SkyPilot catalog cache {vms}"
+    nodes = defaultdict(dict)  # (instance, sky accelerator, count) -> {(region, zone): (price, spot)}
+    vm_prices, gpu_prices = defaultdict(dict), defaultdict(dict)  # GCP's host VMs and its GPU-only rows
+    gcp_vms = {vm for by_count in GCP_HOSTS.values() for vms_ in by_count.values() for vm in vms_}
+    with vms.open(newline="") as f:
+        for r in csv.DictReader(f):
+            instance, name, count = r.get("InstanceType") or "", r.get("AcceleratorName") or "", _float(r.get("AcceleratorCount"))
+            where = (r.get("Region", ""), r.get("AvailabilityZone") or "")
+            price = (_float(r.get("Price")), _float(r.get("SpotPrice")))
+            if name and count and count == int(count):
+                if instance:
+                    nodes[(instance, name, int(count))][where] = price
+                elif cloud == "gcp":
+                    gpu_prices[(name, int(count))][where] = price
+            elif cloud == "gcp" and instance in gcp_vms:
+                vm_prices[instance][where] = price
+    for (name, count), places in gpu_prices.items():  # GCP: the host VM's price plus its GPUs', zone by zone
+        for vm in GCP_HOSTS.get(name, {}).get(count, []):
+            for where, (gpu, gpu_spot) in places.items():
+                host, host_spot = vm_prices[vm].get(where, (None, None))
+                nodes[(vm, name, count)][where] = (gpu + host if gpu and host else None,
+                                                   gpu_spot + host_spot if gpu_spot and host_spot else None)
     offers = []
-    for vms in sorted(sky_catalog_dir().glob("*/vms.csv")):
-        with vms.open(newline="") as f:
-            for r in csv.DictReader(f):
-                price, name, instance = _float(r.get("Price")), r.get("AcceleratorName"), r.get("InstanceType")
-                count = _float(r.get("AcceleratorCount"))
-                # GCP lists GPUs as rows without an instance type (priced apart from the VM): not a node price.
-                if price is None or not name or not instance or count is None or count != int(count):
-                    continue
-                offers.append(Offer(vms.parent.name, instance, our_name(vms.parent.name, name, instance), int(count),
-                                    r.get("Region", ""), price, _float(r.get("SpotPrice")),
-                                    f"SkyPilot catalog cache {vms}", r.get("Region", ""), name))
-    return tuple(offers)
+    for (instance, name, count), places in nodes.items():
+        on_demand = [(p, where) for where, (p, _) in places.items() if p]
+        spot = [(s, where) for where, (_, s) in places.items() if s]
+        if not on_demand:
+            continue
+        price, (region, _) = min(on_demand)
+        spot_price, (spot_region, _) = min(spot) if spot else (None, ("", ""))
+        offers.append(Offer(cloud, instance, our_name(cloud, name, instance), count, region, round(price, 6),
+                            round(spot_price, 6) if spot_price else None, source, spot_region, name))
+    return offers
+
+
+@lru_cache(maxsize=8)
+def _cached_offers(catalog: Path, stamp: tuple) -> tuple[Offer, ...]:
+    return tuple(o for vms in sorted(catalog.glob("*/vms.csv")) for o in _catalog_offers(vms))
+
+
+def offers() -> tuple[Offer, ...]:
+    """Every node offer: a cloud's own SkyPilot catalog where this machine has it, else the snapshot's rows."""
+    catalog = sky_catalog_dir()
+    files = sorted(catalog.glob("*/vms.csv"))
+    cached = _cached_offers(catalog, tuple((str(f), f.stat().st_mtime_ns) for f in files)) if files else ()
+    have = {f.parent.name for f in files}
+    return cached + tuple(o for o in _snapshot_offers() if o.cloud not in have)
 
 
 def our_name(cloud: str, sky_accelerator: str, instance_type: str) -> str:
@@ -111,10 +165,6 @@ def sky_name(cloud: str, accelerator: str, instance_type: str) -> str:
     if cloud == "runpod":
         return instance_type.split("_")[1]
     return "H100" if accelerator == "H100-PCIe" else accelerator
-
-
-def offers() -> tuple[Offer, ...]:
-    return _skypilot_cache_offers() or _snapshot_offers()
 
 
 # What a nanolaunch task may need of a cloud, and the clouds that lack it: SkyPilot 0.14's own
@@ -139,20 +189,60 @@ def can_run(offer: Offer, needed: frozenset[str]) -> bool:
     return not needed & UNSUPPORTED.get(offer.cloud, frozenset())
 
 
-def cheapest(accelerator: str, count: int, needed: frozenset[str] = frozenset()) -> tuple[Offer | None, Offer | None]:
-    """(cheapest on-demand offer, cheapest spot offer) for `count` accelerators in one node, among the clouds
-    that can run a task with `needed` features."""
-    matching = offers_for(accelerator, count, needed)
+@dataclass(frozen=True)
+class Clouds:
+    """The clouds prices may come from: SkyPilot's record of the clouds `sky check` enabled, or every cloud
+    where it records none (`names` None), and a line that says which."""
+    names: frozenset[str] | None
+    note: str
+
+    def allows(self, cloud: str) -> bool:
+        return self.names is None or cloud in self.names
+
+
+def enabled_clouds() -> Clouds:
+    """The clouds SkyPilot's optimizer will choose among: its cached `sky check` result for the active workspace
+    (sky.global_user_state, as sky.check.get_cached_enabled_clouds_or_refresh reads it; never a refresh, which
+    would ask every cloud's API). No state database yet, or nothing enabled: every cloud, and the note says so."""
+    state = Path(os.environ.get("SKY_RUNTIME_DIR") or str(Path.home())) / ".sky" / "state.db"
+    if not state.exists():
+        return Clouds(None, "all clouds (SkyPilot has no record of enabled clouds: run `sky check`)")
+    try:
+        from sky import global_user_state, skypilot_config
+        from sky.clouds.cloud import CloudCapability
+
+        found = global_user_state.get_cached_enabled_clouds(CloudCapability.COMPUTE,
+                                                            skypilot_config.get_active_workspace())
+    except Exception as e:  # noqa: BLE001 -- SkyPilot's own state unreadable: price every cloud, and say why
+        return Clouds(None, f"all clouds (SkyPilot's record of enabled clouds is unreadable: {type(e).__name__})")
+    names = frozenset(c.canonical_name() for c in found)
+    if not names:
+        return Clouds(None, "all clouds (SkyPilot records no enabled cloud: run `sky check`)")
+    return Clouds(names, f"the clouds enabled in SkyPilot ({', '.join(sorted(names))})")
+
+
+def offers_for(accelerator: str, count: int, needed: frozenset[str] = frozenset(),
+               clouds: Clouds | None = None) -> list[Offer]:
+    """Every node with exactly these GPUs on an allowed cloud that can run the task, cheapest first."""
+    clouds = clouds or enabled_clouds()
+    return sorted((o for o in offers() if o.accelerator.upper() == accelerator.upper() and o.count == count
+                   and can_run(o, needed) and clouds.allows(o.cloud)), key=lambda o: o.usd_per_hour)
+
+
+def cheapest(accelerator: str, count: int, needed: frozenset[str] = frozenset(),
+             clouds: Clouds | None = None) -> tuple[Offer | None, Offer | None]:
+    """(cheapest on-demand offer, cheapest spot offer) for `count` accelerators in one node, among the allowed
+    clouds that can run a task with `needed` features; the spot offer only on clouds that sell spot."""
+    matching = offers_for(accelerator, count, needed, clouds)
     on_demand = min(matching, key=lambda o: o.usd_per_hour, default=None)
     spot = min((o for o in matching if o.spot_usd_per_hour and can_run(o, needed | {"SPOT_INSTANCE"})),
                key=lambda o: o.spot_usd_per_hour, default=None)
     return on_demand, spot
 
 
-def offers_for(accelerator: str, count: int, needed: frozenset[str] = frozenset()) -> list[Offer]:
-    """Every node with exactly these GPUs on a cloud that can run the task, cheapest first."""
-    return sorted((o for o in offers() if o.accelerator.upper() == accelerator.upper() and o.count == count
-                   and can_run(o, needed)), key=lambda o: o.usd_per_hour)
+def node_counts(accelerator: str) -> list[int]:
+    """GPUs per node the catalog sells this GPU in (1, 2, 4, 8), on any cloud."""
+    return sorted({o.count for o in offers() if o.accelerator.upper() == accelerator.upper() and o.count in (1, 2, 4, 8)})
 
 
 def local_rate() -> tuple[float, str]:
@@ -162,6 +252,6 @@ def local_rate() -> tuple[float, str]:
         rate = float(text)
     except ValueError:
         rate = -1
-    if rate < 0:
+    if rate < 0 or rate != rate or rate == float("inf"):
         raise NanolaunchError(f"{LOCAL_RATE_ENV} must be a non-negative number of dollars, got {text!r}")
     return rate, f"local rate ({LOCAL_RATE_ENV}={text})"

@@ -62,7 +62,7 @@ def test_plan_text_prints_every_derived_number():
     r = run_and_list_imports("plan", "d34", "--ratio", "40", "--gpu", "H100:8", "--batch", "4")
     assert r.returncode == 0, r.stderr
     for word in ("parameters", "FLOPs/token", "iterations", "total FLOPs", "accum", "shards", "peak memory",
-                 "MFU", "step time", "wall time", "price", "cost", "GPU choices"):
+                 "MFU", "step time", "wall time", "price", "cost", "configs that fit"):
         assert word in r.stdout, word
 
 

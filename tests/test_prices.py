@@ -24,9 +24,13 @@ def test_skypilot_cache_wins_and_is_named(tmp_path, monkeypatch):
                    "p5.48xlarge,H100,8,192,2048,50.00,us-east-1,12.00\n"
                    ",H100,8,,,1.00,us-east-1,0.5\n")  # a GPU-only row (GCP style) is not a node price
     monkeypatch.setenv("SKY_RUNTIME_DIR", str(tmp_path))
-    offer, spot = prices.cheapest("H100", 8)
-    assert offer.usd_per_hour == 50.0 and spot.spot_usd_per_hour == 12.0
-    p = planner.plan(RunConfig.build(depth=20, gpu="H100:8", device_batch=16))
+    aws = prices.Clouds(frozenset({"aws"}), "aws only")
+    offer, spot = prices.cheapest("H100", 8, clouds=aws)
+    assert offer.usd_per_hour == 50.0 and spot.spot_usd_per_hour == 12.0 and offer.source.startswith("SkyPilot")
+    assert len(prices.offers_for("H100", 8, clouds=aws)) == 1  # the GPU-only row is not a node
+    # the clouds without a cached catalog keep the snapshot's prices
+    assert {o.cloud for o in prices.offers() if "snapshot" in o.source} == {"gcp", "lambda", "runpod"}
+    p = planner.plan(RunConfig.build(depth=20, gpu="H100:8", device_batch=16, infra="aws"))
     assert p["usd_per_hour"] == 50.0 and "SkyPilot catalog cache" in p["price_source"]
     assert p["cost_usd"] == p["wall_hours"] * 50.0
 

@@ -165,11 +165,11 @@ def test_the_plan_prices_the_cloud_that_can_run_the_task():
     from nanolaunch import planner, presets
 
     config = presets.load("h100x8_d34").config
-    plan = planner.plan(config, rank_alternatives=False)
+    plan = planner.plan(config)
     assert plan["usd_per_hour"] == 31.92 and plan["price_source"].startswith("lambda")
     task = render(config, RunOptions(bucket="b"))
     assert "runpod" not in {c["infra"] for c in task["resources"]["any_of"]}
-    two = planner.plan(config.replace(nodes=2), rank_alternatives=False)
+    two = planner.plan(config.replace(nodes=2))
     assert two["usd_per_hour"] == 2 * 31.92
 
 

@@ -1,7 +1,7 @@
-"""SkyPilot's own optimizer picks the instance for `nanolaunch run d34 --ratio 40`, offline.
+"""SkyPilot's own optimizer picks the instance for `nanolaunch run d34 --ratio 40 --gpu H100:1 --batch 8`, offline.
 
 A catalog snapshot (built from nanolaunch's price snapshot, in SkyPilot's vms.csv format) is seeded into a
-temporary SkyPilot home; the enabled-cloud check is replaced in-process (no credentials exist here). The
+temporary SkyPilot home; Lambda and RunPod are recorded as enabled in SkyPilot's own state. The
 run's --dryrun validates the task, runs the optimizer and launches nothing; the plan's price, read from
 the same SkyPilot catalog cache, must equal the chosen instance's. Runs in a subprocess, so SkyPilot reads
 this home from its first import, and any attempt to reach the network fails at a dead loopback proxy.
@@ -21,8 +21,12 @@ CLOUDS = {"lambda": "Lambda", "runpod": "RunPod"}
 DRIVER = """
 import sys
 import sky, sky.check
-# No credentials here: say Lambda and RunPod are enabled, as `sky check` would on a configured machine.
-sky.check.get_cached_enabled_clouds_or_refresh = lambda *a, **k: [sky.Lambda(), sky.RunPod()]
+from sky import global_user_state, skypilot_config
+from sky.clouds.cloud import CloudCapability
+# No credentials here: record Lambda and RunPod as enabled, as `sky check` would on a configured machine.
+workspace = skypilot_config.get_active_workspace()
+global_user_state.set_allowed_clouds(sky.check._get_workspace_allowed_clouds(workspace), workspace)
+global_user_state.set_enabled_clouds(["lambda", "runpod"], CloudCapability.COMPUTE, workspace)
 # SkyPilot logs while it optimizes (e.g. a cloud it blocks); its handlers hold the stdout of their import.
 from sky import sky_logging
 _optimize = sky.Optimizer.optimize
@@ -66,7 +70,8 @@ def test_skypilot_optimizer_picks_the_instance_the_plan_priced(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "SKY_RUNTIME_DIR": str(tmp_path),
            "NANOLAUNCH_HOME": str(tmp_path / "nl"), "PYTHONPATH": str(REPO),
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
-    out = subprocess.run([sys.executable, "-c", DRIVER, "run", "d34", "--ratio", "40", "--dryrun", "--json"],
+    out = subprocess.run([sys.executable, "-c", DRIVER, "run", "d34", "--ratio", "40", "--gpu", "H100:1", "--batch", "8",
+                          "--dryrun", "--json"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     result = json.loads(out.stdout)  # SkyPilot's own log lines went to stderr

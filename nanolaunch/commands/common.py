@@ -49,6 +49,12 @@ InfraOpt = Annotated[Optional[str], typer.Option(
     "--infra", help="Where SkyPilot runs it: slurm/NAME (a Slurm cluster in ~/.slurm/config), a cloud (aws), "
                     "or a cloud region (gcp/us-central1); default: the cheapest enabled cloud.")]
 LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine instead of SkyPilot (GPU configs).")]
+# What the search may choose (plan, run).
+MaxCostOpt = Annotated[Optional[float], typer.Option(
+    "--max-cost", help="Choose no config estimated above this many $ (and stop the trainer there).")]
+MaxHoursOpt = Annotated[Optional[float], typer.Option(
+    "--max-hours", help="Choose no config estimated to take longer than this many hours.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Launch even what the plan says does not fit.")]
 # The ledger.
 TitleOpt = Annotated[str, typer.Option("--title", help="A title for the ledger: what this run is.")]
 ProjectOpt = Annotated[str, typer.Option("--project", help="Ledger project the run counts under.")]
@@ -101,3 +107,22 @@ def resolve(model: str | None, preset_name: str | None, **overrides) -> tuple[Ru
         return RunConfig.build(**{**base, **changes}), chosen
     except TypeError as e:  # a wrong type reaching the dataclass from a flag
         raise ConfigError(str(e)) from None
+
+
+def fixed_by(gpu: str | None, batch: int | None, nodes: int | None, preset: presets.Preset | None,
+             config: RunConfig):
+    """What the search may not change: everything, once the user names a GPU, a batch or a preset (the config
+    is then theirs, checked as it is); otherwise only --nodes, if given."""
+    from nanolaunch.search import Fixed
+
+    if preset is not None or gpu is not None or batch is not None:
+        return Fixed(config.accelerator.name, config.gpus_per_node, config.nodes, config.train.device_batch)
+    return Fixed(nodes=nodes)
+
+
+def check_limits(max_cost: float | None, max_hours: float | None) -> None:
+    import math
+
+    for flag, value in (("--max-cost", max_cost), ("--max-hours", max_hours)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise NanolaunchError(f"{flag} must be a positive number, got {value:g}")

@@ -1,14 +1,16 @@
 """`nanolaunch plan`: every derived number of a run before a cent is spent."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from nanolaunch import output as out
 from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
-                                        ModelArg, NodesOpt, PresetOpt, RatioOpt, SpotOpt, TextColumnOpt, resolve)
-from nanolaunch import calibration
+                                        MaxCostOpt, MaxHoursOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt, SpotOpt,
+                                        TextColumnOpt, check_limits, fixed_by, resolve)
+from nanolaunch import calibration, search
 from nanolaunch.planner import plan as make_plan
 
 
@@ -31,22 +33,106 @@ def plan(
     shards: Annotated[Optional[int], typer.Option(help="Data shards to fetch (train + 1 validation).")] = None,
     mfu: Annotated[Optional[float], typer.Option(help="Assume this MFU (0-1) for step time.")] = None,
     spot: SpotOpt = None,
+    max_cost: MaxCostOpt = None,
+    max_hours: MaxHoursOpt = None,
+    budget: Annotated[Optional[float], typer.Option(
+        "--budget", help="What can I train for this many $? Chooses the model and ratio too (give no dN).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="With --budget: write the scaling fit, its points and the choice to this PNG.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print every derived number of a run: shape, FLOPs, horizon, batch, data, memory, time and cost."""
+    """Print every derived number of a run: shape, FLOPs, horizon, batch, data, memory, time and cost.
+
+    Without --gpu and --batch (and without a preset) the plan searches for the GPU, GPUs per node, nodes and
+    batch: the cheapest config that fits on the clouds SkyPilot has enabled, and the alternatives."""
+    check_limits(max_cost, max_hours)
+    if budget is not None or plot is not None:
+        return _budget(budget, plot, model, preset, ratio, iterations, gpu, batch, max_cost, max_hours, mfu, as_json,
+                       infra=infra, nodes=nodes, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
+                       spot=spot, data=data, data_split=data_split, text_column=text_column)
     config, chosen = resolve(model, preset, infra=infra, depth=depth, ratio=ratio, iterations=iterations, gpu=gpu, nodes=nodes,
                              device_batch=batch, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
                              shards=shards, spot=spot, data=data, data_split=data_split,
                              text_column=text_column)
     rows = calibration.ledger_rows()
+    settled = search.settle(config, fixed_by(gpu, batch, nodes, chosen, config), searchable=not config.on_cpu
+                            and not config.slurm, mfu=mfu, max_cost=max_cost, max_hours=max_hours,
+                            **measured_kw(config, chosen, rows))
+    config = settled.config
     measured, measured_from = calibration.measured_for(config, chosen, rows, calibrate=mfu is None)
     result = make_plan(config, mfu=mfu, measured=measured, measured_from=measured_from)
     result["preset"] = chosen.name if chosen else None
     result["config"] = config.to_dict()
+    result["search"] = settled.as_dict()
     result["past_predictions"] = calibration.track_record(rows, result["preset"], result["gpu"])
     for w in result["warnings"]:
         out.warn(w)
     out.emit(result, as_json, render)
+
+
+def _budget(budget, plot, model, preset, ratio, iterations, gpu, batch, max_cost, max_hours, mfu, as_json,
+            **overrides) -> None:
+    from nanolaunch import budget as budgets, scaling
+    from nanolaunch.errors import NanolaunchError
+
+    given = [flag for flag, v in (("a model (dN)", model), ("--preset", preset), ("--ratio", ratio),
+                                  ("--iterations", iterations), ("--gpu", gpu), ("--batch", batch),
+                                  ("--max-cost", max_cost)) if v is not None]
+    if budget is None:
+        raise NanolaunchError("--plot draws the scaling fit of --budget: give --budget USD")
+    if given:
+        raise NanolaunchError(f"--budget chooses the model, its horizon and the config: drop {', '.join(given)}")
+    check_limits(budget, None)
+    base, _ = resolve("d12", None, **overrides)
+    if base.on_cpu or base.slurm:
+        raise NanolaunchError("--budget searches cloud GPUs; it cannot plan for a CPU or a Slurm cluster")
+    try:
+        answer = budgets.for_budget(base, budget, max_hours=max_hours, mfu=mfu, rows=calibration.ledger_rows())
+    except ValueError as e:
+        raise NanolaunchError(f"--budget: {e}") from None
+    config = answer.pop("config")
+    answer["plan"] = make_plan(config, mfu=mfu)
+    answer["config"] = config.to_dict()
+    if plot is not None:
+        c = answer["chosen"]
+        scaling.write_plot(answer["points"], scaling.fit(answer["points"]),
+                           {"flops": c["flops"], "val_bpb": c["predicted_val_bpb"],
+                            "label": f"${budget:,.0f}: d{c['depth']} ratio {c['ratio']:g}"}, plot)
+        out.console(stderr=True).print(f"wrote {plot}")
+    out.emit(answer, as_json, render_budget)
+
+
+def render_budget(b: dict) -> None:
+    c, x, p, fit = out.console(), b["chosen"], b["plan"], b["fit"]
+    nodes = f"{x['nodes']} nodes of " if x["nodes"] > 1 else ""
+    limit = f" within {out.hours(b['max_hours'])}" if b["max_hours"] else ""
+    c.print(f"[bold]budget {out.usd(b['budget_usd'])}{limit}[/]: d{x['depth']} at ratio {x['ratio']:g}  [dim]· "
+            f"{p['params']:,} params, {out.num(p['tokens'])} tokens, {out.sci(x['flops'])} FLOPs; {b['why']}[/]")
+    c.print(f"config       {nodes}{x['spec'].replace(':', ' × ')} GPUs, device batch {x['device_batch']}  [dim]· "
+            f"{p['price_source']}[/]")
+    c.print(f"wall time    {out.hours(p['wall_hours'])}  [dim]· MFU {out.pct(p['mfu'])} ({p['mfu_source']})[/]")
+    c.print(f"cost         {out.usd(p['cost_usd'])} of {out.usd(b['budget_usd'])}")
+    c.print(f"val_bpb      {b['predicted_val_bpb']:.3f} predicted ± {b['loo_error']:.1%}  [dim]· {fit['formula']}, "
+            f"fitted to {fit['points']} runs at {fit['budgets']} compute budgets "
+            f"({sum(1 for q in b['points'] if q['kind'] == 'ledger')} from this ledger); ± is the leave-one-out "
+            f"error (each budget predicted without its own runs)"
+            + ("; [yellow]outside the fitted range: an extrapolation[/]" if b["extrapolated"] else "") + "[/]")
+    t = out.table("model", "ratio", "FLOPs", "config", "wall", "cost", "val_bpb predicted",
+                  title="the choice, then the most compute each other depth buys")
+    for a in b["alternatives"]:
+        t.add_row(f"d{a['depth']}", f"{a['ratio']:g}", out.sci(a["flops"]),
+                  (f"{a['nodes']}×" if a["nodes"] > 1 else "") + f"{a['spec']} b{a['device_batch']}",
+                  out.hours(a["wall_hours"]), out.usd(a["cost_usd"]), f"{a['predicted_val_bpb']:.3f}")
+    c.print()
+    c.print(t)
+
+
+def measured_kw(config, chosen, rows) -> dict:
+    """The ledger's (or the preset's) measurement of the config's GPU kind, for the search's timing."""
+    if config.on_cpu:
+        return {}
+    measured, source = calibration.measured_for(config, chosen, rows)
+    return {"measured": measured, "measured_from": source}
 
 
 def render(p: dict) -> None:
@@ -86,8 +172,15 @@ def render(p: dict) -> None:
     row("wall time", out.hours(p["wall_hours"]),
         "training + evaluation, excluding setup" if p["startup_seconds"] is None
         else f"training + evaluation + {out.seconds(p['startup_seconds'])} start-up as measured")
-    row("price", f"{out.usd(p['usd_per_hour'])}/h" + (" spot" if p["spot"] else ""), p["price_source"])
+    uses = "  (this run)"
+    row("price", f"{out.usd(p['usd_per_hour_on_demand'])}/h on demand" + ("" if p["spot"] else uses),
+        p["price_source_on_demand"])
+    if p["price_source_spot"]:
+        row("spot", f"{out.usd(p['usd_per_hour_spot'])}/h" + (uses if p["spot"] else ""), p["price_source_spot"])
     row("cost", f"{out.usd(p['cost_usd'])} on-demand · {out.usd(p['cost_usd_spot'])} spot", "")
+    within = p["search"]["within"]
+    if p["search"]["searched"]:
+        c.print(f"[bold]chosen[/]: {_describe(within['chosen'])} — {within['why']}")
     c.print(f"[bold]{title}[/] on {p['nodes']} node(s) of {p['gpus_per_node']}×{p['gpu']} ({p['gpu_description']})")
     for line in lines:
         c.print(line)
@@ -111,15 +204,35 @@ def render(p: dict) -> None:
                       f"{out.num(r['memory_gib'], 2)} GiB", _signed(r["memory_error"]))
         c.print()
         c.print(t)
-    if p.get("ranking"):
-        r = out.table("GPU", "fits", "peak mem", "wall", "$/h", "cost", "spot cost",
-                      title="GPU choices, cheapest first")
-        for g in p["ranking"]:
-            r.add_row(g["gpu"], "yes" if g["fits"] else "[red]no[/]", f"{g['peak_memory_gib']:.1f} GiB",
-                      out.hours(g["wall_hours"]), out.usd(g["usd_per_hour"]), out.usd(g["cost_usd"]),
-                      out.usd(g["cost_usd_spot"]))
+    overall = p["search"]["overall"]
+    if overall and overall["alternatives"]:
         c.print()
-        c.print(r)
+        render_alternatives(overall, p)
+
+
+def _describe(x: dict) -> str:
+    nodes = f"{x['nodes']} nodes of " if x["nodes"] > 1 else ""
+    return f"{nodes}{x['per_node']}×{x['gpu']}, device batch {x['device_batch']}"
+
+
+def render_alternatives(overall: dict, p: dict | None = None) -> None:
+    """The cost/time frontier of configs that fit, cheapest first, and where each figure comes from."""
+    t = out.table("", "config", "nodes", "batch", "peak / usable", "MFU", "wall", "$/h", "cost", "node",
+                  title=f"configs that fit, cheapest first ({overall['fitting']} of {overall['considered']} priced "
+                        f"node shapes fit; prices: {overall['clouds']})")
+    for x in overall["alternatives"]:
+        mine = p is not None and (x["spec"], x["nodes"], x["device_batch"]) == (
+            f"{p['gpu']}:{p['gpus_per_node']}", p["nodes"], p["device_batch"])
+        t.add_row(("→ " if mine else "") + x["role"], f"{x['per_node']}×{x['gpu']}", str(x["nodes"]), str(x["device_batch"]),
+                  f"{x['peak_memory_gib']:.1f} / {x['usable_memory_gib']:.1f} GiB", out.pct(x["mfu"]),
+                  out.hours(x["wall_hours"]), out.usd(x["usd_per_hour"]), out.usd(x["cost_usd"]),
+                  x["price_source"].split(",")[0])
+    c = out.console()
+    c.print(t)
+    for gpu, source in sorted({(x["gpu"], x["mfu_source"]) for x in overall["alternatives"]}):
+        c.print(f"  [dim]MFU {gpu}: {source}[/]")
+    c.print("  [dim]memory: nanolaunch/memory.py (docs/memory.md); wall: total FLOPs ÷ (MFU × peak × GPUs); "
+            "several nodes are assumed to keep one node's MFU[/]")
 
 
 def _signed(x: float | None) -> str:

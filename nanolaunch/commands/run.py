@@ -5,10 +5,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from nanolaunch import batch_search, output as out, presets
-from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt,
-                                        IterationsOpt, JsonOpt, LocalOpt, ManagedOpt, ModelArg, NodesOpt, PresetOpt,
-                                        ProjectOpt, RatioOpt, SpotOpt, TextColumnOpt, TitleOpt, resolve)
+from nanolaunch import batch_search, calibration, output as out, presets, search
+from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, DataSplitOpt, ForceOpt, GpuOpt,
+                                        InfraOpt, IterationsOpt, JsonOpt, LocalOpt, ManagedOpt, MaxCostOpt,
+                                        MaxHoursOpt, ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SpotOpt,
+                                        TextColumnOpt, TitleOpt, check_limits, fixed_by, resolve)
+from nanolaunch.commands.plan import measured_kw
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
@@ -40,18 +42,36 @@ def run(
     title: TitleOpt = "",
     project: ProjectOpt = "default",
     local: LocalOpt = False,
-    max_cost: Annotated[Optional[float], typer.Option(help="Refuse, or stop the trainer, beyond this many $.")] = None,
+    max_cost: MaxCostOpt = None,
+    max_hours: MaxHoursOpt = None,
+    force: ForceOpt = False,
     wandb_project: Annotated[Optional[str], typer.Option(envvar="WANDB_PROJECT",
                                                          help="Log to this W&B project (key: WANDB_API_KEY).")] = None,
     dryrun: Annotated[bool, typer.Option("--dryrun", help="Validate the task and let SkyPilot choose the instance; "
                                                            "launch nothing.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a model to the end of its horizon and record it in the ledger."""
+    """Train a model to the end of its horizon and record it in the ledger.
+
+    Without --gpu and --batch (and without a preset) it launches the config `plan` chooses; a config the plan
+    says does not fit is refused before anything is asked of SkyPilot (--force launches it anyway)."""
+    check_limits(max_cost, max_hours)
     config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
                              checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot, data=data,
                              data_split=data_split, text_column=text_column)
+    on_cloud = managed or _on_cloud(config, local)
+    settled = search.settle(config, fixed_by(gpu, batch, nodes, chosen, config),
+                            searchable=on_cloud and not config.on_cpu and not config.slurm, max_cost=max_cost,
+                            max_hours=max_hours, **measured_kw(config, chosen, calibration.ledger_rows()))
+    config = settled.config
     plan = derived(config, chosen)
+    refused = search.refusal(settled, plan)
+    if refused and not force:
+        raise NanolaunchError(refused)
+    if refused:
+        out.warn(f"--force: {refused.removesuffix('; --force launches it anyway')}")
+    if settled.searched:
+        out.note(f"chose {settled.within.chosen.describe()}: {settled.within.why}")
     if max_cost is not None and plan["cost_usd"] is not None and plan["cost_usd"] > max_cost:
         raise NanolaunchError(f"estimated cost {out.usd(plan['cost_usd'])} exceeds --max-cost {out.usd(max_cost)} "
                               f"({out.hours(plan['wall_hours'])} at {out.usd(plan['usd_per_hour'])}/h)")
@@ -60,11 +80,11 @@ def run(
     if dryrun:
         from nanolaunch.backends import skypilot
 
-        out.emit(skypilot.dryrun(req, plan), as_json, _dryrun_summary)
+        out.emit({**skypilot.dryrun(req, plan), "search": settled.as_dict()}, as_json, _dryrun_summary)
         return
     if managed and local:
         raise NanolaunchError("--managed runs as a SkyPilot managed job; it cannot run with --local")
-    if managed or _on_cloud(config, local):
+    if on_cloud:
         from nanolaunch.backends import skypilot
 
         row = skypilot.run(req)
