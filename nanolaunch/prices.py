@@ -201,21 +201,18 @@ class Clouds:
 
 
 def enabled_clouds() -> Clouds:
-    """The clouds SkyPilot's optimizer will choose among: its cached `sky check` result for the active workspace
-    (sky.global_user_state, as sky.check.get_cached_enabled_clouds_or_refresh reads it; never a refresh, which
-    would ask every cloud's API). No state database yet, or nothing enabled: every cloud, and the note says so."""
+    """The clouds SkyPilot's optimizer will choose among: its cached `sky check` result (backends/skypilot.py).
+    No state database yet, or nothing enabled: every cloud, and the note says so."""
     state = Path(os.environ.get("SKY_RUNTIME_DIR") or str(Path.home())) / ".sky" / "state.db"
     if not state.exists():
         return Clouds(None, "all clouds (SkyPilot has no record of enabled clouds: run `sky check`)")
     try:
-        from sky import global_user_state, skypilot_config
-        from sky.clouds.cloud import CloudCapability
+        from nanolaunch.backends import skypilot
 
-        found = global_user_state.get_cached_enabled_clouds(CloudCapability.COMPUTE,
-                                                            skypilot_config.get_active_workspace())
+        found = skypilot.enabled_clouds()
     except Exception as e:  # noqa: BLE001 -- SkyPilot's own state unreadable: price every cloud, and say why
         return Clouds(None, f"all clouds (SkyPilot's record of enabled clouds is unreadable: {type(e).__name__})")
-    names = frozenset(c.canonical_name() for c in found)
+    names = frozenset(found)
     if not names:
         return Clouds(None, "all clouds (SkyPilot records no enabled cloud: run `sky check`)")
     return Clouds(names, f"the clouds enabled in SkyPilot ({', '.join(sorted(names))})")

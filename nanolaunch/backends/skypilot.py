@@ -62,6 +62,18 @@ def to_task(task: dict, secrets: dict[str, str] | None = None):
     return built
 
 
+def enabled_clouds() -> list[str]:
+    """The clouds `sky check` recorded as enabled for the active workspace, from SkyPilot's state database, as its
+    optimizer reads them (sky.check.get_cached_enabled_clouds_or_refresh); never refreshed here: a refresh asks
+    every cloud's API."""
+    sdk()
+    from sky import global_user_state, skypilot_config
+    from sky.clouds.cloud import CloudCapability
+
+    found = global_user_state.get_cached_enabled_clouds(CloudCapability.COMPUTE, skypilot_config.get_active_workspace())
+    return [c.canonical_name() for c in found]
+
+
 def secrets_from_env() -> dict[str, str]:
     return {k: os.environ[k] for k in SECRET_ENVS if os.environ.get(k)}
 
