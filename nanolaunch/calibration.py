@@ -60,9 +60,12 @@ def _speed_key(c: RunConfig) -> tuple:
 
 
 def _config(row: dict) -> RunConfig | None:
-    """The row's config; None for one this version cannot read (a field renamed since), which is skipped."""
+    """The config the row ran (its device batch as run: smaller than planned after an out-of-memory fallback);
+    None for one this version cannot read (a field renamed since), which is skipped."""
     try:
-        return RunConfig.build(**(row["config"] or {}))
+        config = RunConfig.build(**(row["config"] or {}))
+        ran = row.get("device_batch")
+        return config.replace(device_batch=ran) if ran and ran != config.train.device_batch else config
     except (TypeError, NanolaunchError):
         return None
 

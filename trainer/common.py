@@ -80,6 +80,24 @@ def is_oom(e: BaseException) -> bool:
     return False
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is true on any (one small collective; just `flag` on one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def free_memory(device: torch.device) -> None:
+    """Return what the dead tensors held: to Python's heap, and the CUDA caching allocator's to the GPU."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

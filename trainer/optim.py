@@ -80,6 +80,14 @@ class Muon(torch.optim.Optimizer):
     def owned(self, group_index: int) -> list[torch.Tensor]:
         return [r[self.dp.rank] for r in self.rounds[group_index] if r[self.dp.rank] is not None]
 
+    def init_state(self) -> None:
+        """The momentum the first step would create (zeros), created now: the first step then needs the memory
+        of every later one, so running out of it shows before any weight has changed."""
+        for gi in range(len(self.param_groups)):
+            for p in self.owned(gi):
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+
     @torch.no_grad()
     def step(self):
         for gi, group in enumerate(self.param_groups):
@@ -199,6 +207,18 @@ class ShardedAdamW(torch.optim.Optimizer):
                         full = p.new_empty(per * self.dp.size)
                         dist.all_gather_into_tensor(full, mine)
                         p.view(-1).copy_(full[:p.numel()])
+
+    def init_state(self) -> None:
+        """The state torch's fused AdamW creates at its first step (torch.optim.adamw._init_group: a float32
+        step of 0 on the parameter's device, zero moments), created now, as Muon.init_state does; the first
+        step sees it exists and leaves it (tests/test_optim.py holds the two to the same first steps)."""
+        for group in self.inner.param_groups:
+            for p in group["params"]:
+                state = self.inner.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def state_dict(self) -> dict:
         return self.inner.state_dict()

@@ -70,6 +70,7 @@ class Run:
             except Exception:
                 pass
         return dict(status=status, steps=self.steps, val_bpb=self.val_bpb, gzip_bpb=self.gzip_bpb, loss=self.loss,
+                    device_batch=self.cfg.device_batch,
                     device_name=self.device_name, machine=self.machine, data=self.data,
                     mfu=mfu(self.cfg.shape.flops_per_token, tps, self.peak, self.world_size),
                     peak_memory_gib=peak_mem, tokens_per_second=None if tps is None else round(tps, 1),
@@ -194,11 +195,17 @@ def train(cfg: TrainConfig, run: Run) -> str:
             log(f"resume: {path} (step {run.steps:,} of {st.get('iterations')}, val_bpb {run.val_bpb}, "
                 f"{run.wall_before:.0f}s of earlier wall time)")
 
+    for opt in optimizers:  # the state the first step would create: its memory counts from the first step on
+        opt.init_state()
     train_loader = run.train_loader = data.loader(cfg, env, grad_accum=grad_accum, threads=threads, state=loader_state)
-    eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch * cfg.seq_len * env.world_size))
-    evaluator = Evaluator(lambda: data.val_loader(cfg, env, threads=threads), eval_steps,
-                          data.token_bytes(cfg.vocab_size), device, autocast,
-                          None if data.synthetic else data.tokenizer.decode_bytes)
+
+    def make_evaluator() -> Evaluator:
+        eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch * cfg.seq_len * env.world_size))
+        return Evaluator(lambda: data.val_loader(cfg, env, threads=threads), eval_steps,
+                         data.token_bytes(cfg.vocab_size), device, autocast,
+                         None if data.synthetic else data.tokenizer.decode_bytes)
+
+    evaluator = make_evaluator()
     wandb = _wandb(cfg, env) if cfg.wandb_project and env.master else None
 
     # No DDP: the optimizers reduce-scatter the gradients themselves (sharded state, trainer/optim.py)
@@ -239,15 +246,8 @@ def train(cfg: TrainConfig, run: Run) -> str:
             emit("checkpoint", step=run.steps, path=str(path))
         common.barrier()
 
-    # -- the loop --------------------------------------------------------------------------------------------
-    evaluating = not probe
-    if evaluating and run.steps == 0 and cfg.eval_every > 0:
-        evaluate()
-    Stop.in_loop = True
-    status = "ok"
-    while run.steps < iterations:
-        t0 = time.time()
-        step = run.steps  # 0-based index of the step being taken
+    def accumulate() -> torch.Tensor:
+        """One optimizer step's micro-batches, forward and backward: the gradients, and the summed loss."""
         loss_sum = torch.zeros((), device=device)
         for micro in range(grad_accum):
             x, y = train_loader.next_batch()
@@ -257,10 +257,57 @@ def train(cfg: TrainConfig, run: Run) -> str:
                 loss = train_model(x, y)
             (loss / grad_accum).backward()
             loss_sum += loss.detach().float()
+        return loss_sum
+
+    def halve_batch(error: str) -> None:
+        """Out of memory before the first update of this process: free what the step allocated, halve the
+        device batch and double the micro-steps (the same tokens per step, the same mathematics), and start
+        the data again from where this process began, as a run started at the smaller batch would."""
+        nonlocal cfg, grad_accum, train_loader, evaluator
+        model.zero_grad(set_to_none=True)
+        train_loader.close()
+        common.free_memory(device)
+        planned = cfg.device_batch
+        cfg = run.cfg = cfg.replace(device_batch=planned // 2)
+        grad_accum *= 2
+        config_event.update(device_batch=cfg.device_batch, grad_accum=grad_accum)  # what checkpoints record
+        train_loader = run.train_loader = data.loader(cfg, env, grad_accum=grad_accum, threads=threads,
+                                                      state=loader_state)
+        evaluator = make_evaluator()
+        log(f"out of memory at device batch {planned} before the first update ({error}): device batch "
+            f"{cfg.device_batch}, grad accum {grad_accum}, {cfg.total_batch:,} tokens per step as before")
+        if env.master:
+            emit("batch", step=run.steps, device_batch=cfg.device_batch, planned_device_batch=planned,
+                 grad_accum=grad_accum, reason=error)
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    evaluating = not probe
+    if evaluating and run.steps == 0 and cfg.eval_every > 0:
+        evaluate()
+    Stop.in_loop = True
+    status = "ok"
+    updated = False  # no optimizer step has changed the weights in this process yet
+    while run.steps < iterations:
+        t0 = time.time()
+        step = run.steps  # 0-based index of the step being taken
+        if updated or probe:  # a probe reports its batch's out of memory; it does not work around it
+            loss_sum = accumulate()
+        else:  # out of memory here is survivable: every rank agrees on the smaller batch, or all go on
+            oom = None
+            try:
+                loss_sum = accumulate()
+            except Exception as e:  # noqa: BLE001 -- only an allocation failure is handled
+                if not common.is_oom(e) or cfg.device_batch == 1:
+                    raise
+                oom = common.one_line(e)
+            if common.any_rank(oom is not None, device):
+                halve_batch(oom or "on another rank")
+                continue
         lrm = lr_multiplier(step, iterations, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
         apply_schedule(optimizers, step, lrm)
         for opt in optimizers:
             opt.step()
+        updated = True
         model.zero_grad(set_to_none=True)
         # one small collective per step: the mean loss, and whether any rank must stop
         over_budget = (env.master and cfg.max_cost is not None and cfg.price_per_hour

@@ -30,7 +30,8 @@ RECENT = 30
 def export_row(r: dict) -> dict:
     config = r.get("config") or {}
     return {**{k: r.get(k) for k in EXPORT_COLUMNS if k in r},
-            "device_batch": config.get("device_batch"), "depth": config.get("depth"),
+            "device_batch": r.get("device_batch") or config.get("device_batch"),  # as run, else as planned
+            "planned_device_batch": config.get("device_batch"), "depth": config.get("depth"),
             "data": r.get("data") or config.get("data")}  # as trained on, else as asked for
 
 

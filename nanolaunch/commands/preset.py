@@ -71,6 +71,8 @@ def promote(
                   "price_source": row["price_source"], "device_name": row["device_name"]}
     provenance = {k: v for k, v in provenance.items() if v is not None}
     config = dict(row["config"])
+    if row.get("device_batch"):  # the batch it really ran at (smaller after running out of memory)
+        config["device_batch"] = row["device_batch"]
     commit = re.search(r"@([0-9a-f]{40})\b", row["data"] or "")
     if commit and not config.get("data_revision"):
         config["data_revision"] = commit[1]  # the preset trains on the very data the run did

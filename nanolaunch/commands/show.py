@@ -64,6 +64,10 @@ def _render(d: dict) -> None:
             f"{out.num(d['tokens_per_second'])} tokens/s · step {out.num(d['step_ms'])} ms · peak "
             f"{out.num(d['peak_memory_gib'], 2)} GiB · {out.num(d['steps'])} steps · wall "
             f"{out.seconds(d['wall_seconds'])} · {out.usd(d['cost_usd'])}")
+    planned = cfg.get("device_batch")
+    if d.get("device_batch") and planned and d["device_batch"] != planned:
+        c.print(f"batch     ran at batch {d['device_batch']} (planned {planned}): out of memory before the first "
+                f"update, halved with grad accumulation doubled")
     c.print(f"data      {d.get('data') or cfg.get('data')}" +
             ("" if d.get("data") else " (as asked for; not yet resolved)"))
     if d.get("device_name"):
