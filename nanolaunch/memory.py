@@ -19,17 +19,35 @@ The per-element constants are fitted, per backend:
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
 
 from trainer.arithmetic import MUON_CHUNK, ModelShape, muon_deal, muon_groups
 
 GIB = 2**30
 HEADROOM = 0.10  # fraction of device memory kept free: allocator fragmentation, NCCL buffers, spikes
 
-# bytes of saved activations per (layer · token · model_dim channel). CPU: ~19 fp32 tensors of width d
-# per block (norm inputs/outputs, q/k before and after their norm, v, attention output and its copy, the
-# 4d MLP activation twice), plus the backward's first gradients, fitted.
-ACTIVATION_BYTES = {"cuda": 28.0, "cpu": 93.0}
+# bytes of saved activations per (layer · token · model_dim channel) on CPU: ~19 fp32 tensors of width d per block
+# (norm inputs/outputs, q/k before and after their norm, v, attention output and its copy, the 4d MLP
+# activation twice), plus the backward's first gradients, fitted. (Compiled CUDA: COMPILED_BF16 below.)
+ACTIVATION_BYTES = {"cpu": 93.0}
+# Compiled bf16 on CUDA (torch.compile's default backend): what the forward pass keeps for backward, counted from
+# the graph itself by trainer/graph_census.py (AOTAutograd + inductor's partitioner, CUDA's autocast op policy,
+# torch 2.13) over depth 4-20 at vocab 65,536, seq 2,048 (graph_census.SHAPES; the linear form is exact to 0.2%,
+# and d34 is predicted within 0.1%); tests/test_graph_census.py re-derives
+# them. Per layer·token·channel: the fp32 residual stream (the fp32 embedding keeps it fp32), its norms, bf16
+# q/k/v and attention outputs, the bf16 MLP hidden; per token·channel outside the blocks: the embedding output
+# and final norm; per logit: the bf16 logits (inductor's decompositions let the partitioner recompute the fp32
+# soft-cap and log-softmax from them and the row reductions);
+# per weight: autocast's bf16 copy of every block matrix and of the head, kept for the backward matmuls.
+COMPILED_BF16 = {"per_layer_channel": 40.1204, "per_channel": 5.4837, "per_layer_token": 0.0857,
+                 "per_token": 408.5363, "per_logit": 2.0, "per_weight": 2.0}
+# At the start of backward the loss's gradient with respect to the logits exists too, in bf16 (the input of the
+# head's backward matmul): the (65,536 × 65,536) bf16 buffer of nanochat issue #443's out-of-memory at d20
+# batch 32 is exactly it. Bytes per logit, on top of the saved ones.
+LOGIT_GRAD_BYTES = 2.0
 # CPU only: glibc serves allocations under its mmap threshold (raised dynamically, to at most 32 MiB) from
 # the heap and keeps the freed chunks, so while one (tokens × d) fp32 activation is under 32 MiB the RSS
 # peak carries this many more bytes per (layer · token · channel); over it, tensors are mmap'd and returned.
@@ -41,18 +59,52 @@ MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 # the fused loss and 8 B without (bf16 logits, their fp32 soft-capped copy), and autocast's bf16 copies of the
 # block matrices and the head (24·L·d² + 2·V·d B), which live until the backward pass has used them.
 EAGER_BF16 = {"per_layer_channel": 48.0, "per_channel": 11.5, "per_logit_fused": 2.0, "per_logit": 8.0}
-# bytes per logit element kept for the loss backward: bf16 logits on CUDA; on CPU the fused loss keeps
-# one (tokens × vocab) fp32 buffer (logits, overwritten by their gradient), its chunks are negligible
-LOGIT_BYTES = {"cuda": 2.0, "cpu": 4.0}
+# bytes per logit element kept for the loss backward on CPU: the fused loss keeps one (tokens × vocab) fp32
+# buffer (logits, overwritten by their gradient), its chunks are negligible
+LOGIT_BYTES = {"cpu": 4.0}
 # fraction of the smaller of the two moments still resident at the larger one's peak: on CPU the heap
 # one leaves behind is fragmented for the other's tensor sizes and is only partly reused (fitted)
 OVERLAP = {"cuda": 0.0, "cpu": 0.2}
-# CUDA context and compile workspace; on CPU the Python + torch process itself (fitted)
-OVERHEAD_GIB = {"cuda": 0.25, "cpu": 0.323}
+# CUDA: the context outside PyTorch's allocator (driver, kernels; PyTorch's notes on CUDA memory put it at
+# 300 MiB to over 1 GiB by GPU and CUDA version: 0.5 assumed) and cuBLAS's workspace, which PyTorch allocates
+# through its caching allocator (32 MiB per handle on Hopper: CUBLAS_WORKSPACE_CONFIG's default :4096:8).
+# On CPU the Python + torch process itself (fitted).
+CUDA_CONTEXT_GIB = 0.5
+OVERHEAD_GIB = {"cuda": CUDA_CONTEXT_GIB + 32 / 1024, "cpu": 0.323}
 # CPU only (host memory is not device memory on CUDA): training on real text instead of synthetic batches
 # adds pyarrow, the tokenizer and the TokenLoader's background tokenizing thread (its own malloc arena);
 # measured +0.07 to +0.10 GiB on the stdlib corpus with a saved tokenizer
 DATA_GIB = {"cuda": 0.0, "cpu": 0.085}
+
+
+PUBLISHED = Path(__file__).parent / "data" / "memory_published.csv"
+
+
+def published() -> list[dict]:
+    """The published figures, each with this model's count for its shape (allocated: without the CUDA context,
+    which max_memory_allocated does not see) and the excess of the figure over it."""
+    lines = [line for line in PUBLISHED.read_text().splitlines() if not line.startswith("#")]
+    rows = []
+    for r in csv.DictReader(lines):
+        shape = ModelShape(int(r["depth"]), vocab_size=int(r["vocab_size"]), seq_len=int(r["seq_len"]))
+        counted = estimate(shape, int(r["device_batch"]), 80.0, "cuda", world_size=int(r["world_size"]),
+                           excess=False)
+        predicted = counted.total_gib - CUDA_CONTEXT_GIB
+        figure = float(r["allocated_gib"])
+        rows.append({**r, "depth": shape.depth, "device_batch": int(r["device_batch"]),
+                     "world_size": int(r["world_size"]), "params": shape.params, "allocated_gib": figure,
+                     "predicted_gib": predicted, "error": (predicted - figure) / figure,
+                     "excess_bytes_per_param": (figure - predicted) * GIB / shape.params})
+    return rows
+
+
+@lru_cache(maxsize=1)
+def excess_per_param() -> tuple[float, str]:
+    """The largest excess of a fitted published figure over the count, per parameter, and its source: what the
+    high end of a CUDA verdict adds (an unmodelled copy of weights or state scales with the parameters)."""
+    worst = max((r for r in published() if r["fitted"] == "yes"), key=lambda r: r["excess_bytes_per_param"])
+    return max(0.0, worst["excess_bytes_per_param"]), (f"{worst['source']}: d{worst['depth']} batch "
+                                                       f"{worst['device_batch']} on {worst['gpu']}")
 
 
 @dataclass(frozen=True)
@@ -74,11 +126,14 @@ class MemoryEstimate:
     overlap: float = 0.0  # CPU: share of the smaller moment still resident at the larger one's peak
     data_gib: float = 0.0  # CPU: the real-data pipeline (parquet reader, tokenizer, loader thread)
     ns_bytes: int = 2  # Newton–Schulz's element: bf16, or fp32 where bf16 is emulated
+    logit_grad_gib: float = 0.0  # CUDA: the loss's bf16 gradient of the logits, at the start of backward
+    excess_gib: float = 0.0  # CUDA: the largest unexplained excess of a published figure, at this size
+    excess_source: str = ""
 
     @property
     def forward_gib(self) -> float:
         """What the end of the forward pass adds on top of the fixed terms."""
-        return self.activations_gib + self.retained_gib + self.logits_gib
+        return self.activations_gib + self.retained_gib + self.logits_gib + self.logit_grad_gib
 
     @property
     def step_gib(self) -> float:
@@ -97,7 +152,17 @@ class MemoryEstimate:
 
     @property
     def fits(self) -> bool:
+        """The counted peak (the low end) fits."""
         return self.total_gib <= self.usable_gib
+
+    @property
+    def high_gib(self) -> float:
+        return self.total_gib + self.excess_gib
+
+    @property
+    def verdict(self) -> str:
+        """fits: even the high end does; probe first: only the counted peak does; does not fit."""
+        return "fits" if self.high_gib <= self.usable_gib else "probe first" if self.fits else "does not fit"
 
     def breakdown(self) -> str:
         """One line: the terms and how they add up."""
@@ -105,6 +170,8 @@ class MemoryEstimate:
         if self.retained_gib:
             fwd += f" + retained {self.retained_gib:.2f}"
         fwd += f" + logits {self.logits_gib:.2f}"
+        if self.logit_grad_gib:
+            fwd += f" + logit grad {self.logit_grad_gib:.2f}"
         if self.step_gib:
             step = f"optimizer step {self.optimizer_step_gib:.2f}" + (f" + comm {self.comm_gib:.2f}" if self.comm_gib else "")
             fwd = f"max({fwd}, {step})" + (f" + {self.overlap:g}·min(…)" if self.overlap else "")
@@ -116,7 +183,7 @@ class MemoryEstimate:
         """Each term per rank: its GiB, whether it is exact arithmetic or an assumed constant, and its source."""
         cuda, w = self.backend == "cuda", self.world_size
         eager = "eager bf16: counted with saved-tensor hooks (tests/test_memory_model.py)"
-        fitted_cuda = "fitted to the d10 A100-40GB record (docs/DESIGN.md §3); unmeasured on this trainer's GPU runs"
+        census = "counted from the compiled graph (trainer/graph_census.py), CUDA's autocast policy"
         fitted_cpu = "fitted to peak RSS of 37 CPU probes (docs/memory.md)"
         rows = [
             ("weights", self.weights_gib, "exact", "4·P: fp32 master weights"),
@@ -126,16 +193,20 @@ class MemoryEstimate:
              else "Muon momentum + AdamW's two moments (one rank: all of it)"),
             ("optimizer step", self.optimizer_step_gib, "exact", "≤ 8 stacked fp32 updates + Newton–Schulz's "
              f"{'bf16' if self.ns_bytes == 2 else 'fp32'} buffers (eager; compiled assumed no larger)"),
-            ("communication", self.comm_gib, "exact", "reduce-scattered gradients of the owned matrices + one "
-             "scratch" if w > 1 else "none on one rank"),
-            ("activations", self.activations_gib, "exact" if cuda and not self.compiled else "assumed",
-             eager if cuda and not self.compiled else fitted_cuda if cuda else fitted_cpu),
-            ("logits", self.logits_gib, "exact" if not (cuda and self.compiled) else "assumed",
-             eager if cuda and not self.compiled else "bf16 logits, fitted with the activations" if cuda
+            ("communication", self.comm_gib, "exact", ("reduce-scattered gradients of the owned matrices + one "
+             "scratch" + (" + NCCL's flat list buffers (world × matrix per round in flight)" if cuda else ""))
+             if w > 1 else "none on one rank"),
+            ("activations", self.activations_gib, "exact" if cuda else "assumed",
+             (census if self.compiled else eager) + "; incl. bf16 weight copies" if cuda else fitted_cpu),
+            ("logits", self.logits_gib, "exact",
+             (census + ": bf16 (tokens × vocab)" if self.compiled else eager) if cuda
              else "one fp32 (tokens × vocab) buffer of the fused loss"),
-            ("CUDA context + workspace" if cuda else "process", self.overhead_gib, "assumed",
-             fitted_cuda if cuda else fitted_cpu),
         ]
+        if cuda:
+            rows.append(("logit gradient", self.logit_grad_gib, "exact", "bf16 (tokens × vocab) at the start of "
+                         "backward (the buffer of nanochat issue #443's OOM)"))
+        rows.append(("CUDA context + workspace" if cuda else "process", self.overhead_gib, "assumed",
+                     "context ~0.5 GiB (outside the allocator) + cuBLAS workspace 32 MiB" if cuda else fitted_cpu))
         if not cuda:
             rows += [("retained heap", self.retained_gib, "assumed", fitted_cpu),
                      ("data pipeline", self.data_gib, "assumed", "measured on the stdlib corpus (docs/memory.md)")]
@@ -144,6 +215,7 @@ class MemoryEstimate:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update(total_gib=self.total_gib, usable_gib=self.usable_gib, fits=self.fits, forward_gib=self.forward_gib,
+                 high_gib=self.high_gib, verdict=self.verdict,
                  step_gib=self.step_gib, breakdown=self.breakdown(), terms=self.terms())
         return d
 
@@ -155,6 +227,25 @@ def eager_bf16_saved_bytes(shape: ModelShape, device_batch: int, fused_loss: boo
                    + 24 * shape.depth * d * d + 2 * shape.vocab_size * d)
     logits = (c["per_logit_fused"] if fused_loss else c["per_logit"]) * n * shape.vocab_size
     return activations, logits
+
+
+def compiled_bf16_saved_bytes(shape: ModelShape, device_batch: int) -> tuple[float, float]:
+    """(activations incl. the bf16 weight copies, logits) that the compiled bf16 forward pass keeps for backward."""
+    n, d, L, c = device_batch * shape.seq_len, shape.model_dim, shape.depth, COMPILED_BF16
+    activations = (c["per_layer_channel"] * L * n * d + c["per_channel"] * n * d + c["per_layer_token"] * L * n
+                   + c["per_token"] * n + c["per_weight"] * (shape.matrix_params + shape.head_params))
+    return activations, c["per_logit"] * n * shape.vocab_size
+
+
+def nccl_list_bytes(shape: ModelShape, world_size: int, rank: int) -> int:
+    """NCCL (ProcessGroupNCCL) reduce-scatters from and all-gathers into a list of tensors through one flat
+    buffer of world × matrix per call, held by the call until it completes; Muon issues a shape group's rounds
+    together and then waits: 4 · world · size · rounds for the largest group (the gloo path has no such copy)."""
+    best = 0
+    for ((rows, cols), _), rounds in zip(muon_groups(shape), muon_deal([n for _, n in muon_groups(shape)],
+                                                                       world_size)):
+        best = max(best, 4 * rows * cols * world_size * len(rounds))
+    return best
 
 
 def optimizer_shard_bytes(shape: ModelShape, world_size: int, rank: int) -> int:
@@ -199,7 +290,8 @@ def _slice(n: int, world_size: int, rank: int) -> int:
 
 
 def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, backend: str = "cuda", *,
-             real_data: bool = True, world_size: int = 1, compiled: bool = True, ns_bytes: int = 2) -> MemoryEstimate:
+             real_data: bool = True, world_size: int = 1, compiled: bool = True, ns_bytes: int = 2,
+             excess: bool = True) -> MemoryEstimate:
     """Peak memory per device (rank 0, whose shares are the largest) for one micro-batch of `device_batch`
     sequences; `real_data` False for synthetic batches (probes with --probe-data synthetic, the calibration);
     `ns_bytes` 4 where Newton–Schulz runs in fp32 (a CPU without native bf16)."""
@@ -208,8 +300,13 @@ def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, bac
     layer_channels = tokens * shape.depth * shape.model_dim
     on_heap = 4 * tokens * shape.model_dim < MMAP_THRESHOLD_MAX  # one fp32 (tokens × d) activation
     step = muon_step_bytes(shape, world_size, 0, ns_bytes)
-    if backend == "cuda" and not compiled:
-        activations, logits = eager_bf16_saved_bytes(shape, device_batch)
+    transient = 0.0
+    if backend == "cuda":
+        saved = compiled_bf16_saved_bytes if compiled else eager_bf16_saved_bytes
+        activations, logits = saved(shape, device_batch)
+        transient = LOGIT_GRAD_BYTES * tokens * shape.vocab_size
+        if world_size > 1:  # NCCL flattens the optimizer's tensor lists into buffers held until the round ends
+            step = (step[0], step[1] + nccl_list_bytes(shape, world_size, 0))
     else:
         activations = ACTIVATION_BYTES[backend] * layer_channels
         logits = LOGIT_BYTES[backend] * tokens * shape.vocab_size
@@ -219,6 +316,7 @@ def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, bac
         optimizer_gib=optimizer_shard_bytes(shape, world_size, 0) / GIB,
         activations_gib=activations / GIB,
         logits_gib=logits / GIB,
+        logit_grad_gib=transient / GIB,
         overhead_gib=OVERHEAD_GIB[backend],
         device_memory_gib=device_memory_gib,
         retained_gib=RETAINED_BYTES[backend] * layer_channels / GIB if on_heap else 0.0,
@@ -230,4 +328,14 @@ def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, bac
         overlap=OVERLAP[backend],
         data_gib=DATA_GIB[backend] if real_data else 0.0,
         ns_bytes=ns_bytes,
+        **_excess(shape, backend == "cuda" and excess),
     )
+
+
+def _excess(shape: ModelShape, applies: bool) -> dict:
+    if not applies:
+        return {}
+    per_param, source = excess_per_param()
+    return {"excess_gib": per_param * shape.params / GIB,
+            "excess_source": f"{per_param:.1f} B per parameter, the largest excess of a published figure over "
+                             f"the count ({source}; docs/memory.md)"}

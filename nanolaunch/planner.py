@@ -105,7 +105,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         "tokens_per_param": tokens / shape.params, "total_flops": float(shape.flops_per_token) * tokens,
         **data,
         "peak_memory_gib": mem.total_gib, "gpu_memory_gib": gpu.memory_gib, "usable_memory_gib": mem.usable_gib,
-        "fits": mem.fits, "memory": mem.as_dict(),
+        "fits": mem.fits, "verdict": mem.verdict, "peak_memory_high_gib": mem.high_gib, "memory": mem.as_dict(),
         "peak_flops": gpu.peak_flops, "mfu": tput.mfu, "mfu_source": tput.source,
         "step_seconds": step_s, "evals": n_evals, "eval_seconds": eval_s, "train_seconds": train_s,
         "startup_seconds": startup_s,

@@ -40,9 +40,11 @@ class Candidate:
     nodes: int
     device_batch: int
     grad_accum: int
-    peak_memory_gib: float
+    peak_memory_gib: float  # the counted peak (low end)
+    peak_memory_high_gib: float  # with the largest unexplained excess of a published figure
     usable_memory_gib: float
-    fits: bool
+    fits: bool  # the counted peak fits
+    verdict: str  # fits (even the high end), probe first (only the counted peak), does not fit
     mfu: float | None
     mfu_source: str
     wall_hours: float | None
@@ -101,8 +103,9 @@ def shapes(config: RunConfig, fixed: Fixed) -> list[tuple[gpus.GPU, int, int]]:
 
 def candidates(config: RunConfig, fixed: Fixed, *, mfu: float | None = None, measured: dict | None = None,
                measured_from: str = "", clouds: prices.Clouds | None = None) -> list[Candidate]:
-    """One candidate per node shape: at its largest fitting batch, or at its smallest batch if none fits
-    (kept so a refusal can say why); shapes without a price or without a whole batch are left out."""
+    """One candidate per node shape: at its largest batch whose verdict is "fits", else its largest "probe first"
+    batch, else its smallest batch (kept so a refusal can say why); shapes without a price or without a whole
+    batch are left out."""
     shape = config.shape
     try:
         iterations = iterations_for(shape.params, config.train.total_batch, flops_per_token=shape.flops_per_token,
@@ -132,11 +135,12 @@ def candidates(config: RunConfig, fixed: Fixed, *, mfu: float | None = None, mea
         tput = planner.throughput(candidate, gpu, mfu, same_kind, measured_from)
         *_, wall = planner.timing(candidate, tput, iterations, n_evals)
         estimates = [(b, planner.memory_for(candidate, b)) for b in sizes]
+        sure = [(b, m) for b, m in estimates if m.verdict == "fits"]
         fitting = [(b, m) for b, m in estimates if m.fits]
-        batch, mem = fitting[0] if fitting else estimates[-1]
+        batch, mem = (sure or fitting or estimates[-1:])[0]
         found.append(Candidate(
             gpu.name, per_node, nodes, batch, config.train.total_batch // (batch * config.train.seq_len * world),
-            mem.total_gib, mem.usable_gib, mem.fits, tput.mfu, tput.source, wall, rate,
+            mem.total_gib, mem.high_gib, mem.usable_gib, mem.fits, mem.verdict, tput.mfu, tput.source, wall, rate,
             None if wall is None else wall * rate, source, fitting[0][0] if fitting else None))
     return found
 
@@ -147,8 +151,9 @@ def choose(found: list[Candidate], *, max_cost: float | None = None, max_hours: 
     cost/time frontier around it."""
     timed = [c for c in found if c.cost_usd is not None]
     fits = [c for c in timed if c.fits]
-    within = [c for c in fits if (max_cost is None or c.cost_usd <= max_cost)
-              and (max_hours is None or c.wall_hours <= max_hours)]
+    allowed = [c for c in fits if (max_cost is None or c.cost_usd <= max_cost)
+               and (max_hours is None or c.wall_hours <= max_hours)]
+    within = [c for c in allowed if c.verdict == "fits"] or allowed  # "probe first" only where nothing is sure
     if not within:
         return Search(None, _none_why(timed, fits, max_cost, max_hours),
                       [("trade-off", c) for c in _frontier(fits)], len(timed), len(fits), clouds)
@@ -159,10 +164,13 @@ def choose(found: list[Candidate], *, max_cost: float | None = None, max_hours: 
     frontier = _frontier(within)
     limits = "".join([f", within --max-cost {out.usd(max_cost)}" if max_cost is not None else "",
                       f", within --max-hours {max_hours:g}" if max_hours is not None else ""])
-    why = (f"cheapest of {len(within)} node shapes that fit{limits} (of {len(timed)} priced on {clouds}); "
-           f"device batch {chosen.device_batch} is the largest that fits "
-           f"({chosen.peak_memory_gib:.1f} of {chosen.usable_memory_gib:.1f} GiB usable); timed at MFU "
-           f"{out.pct(chosen.mfu)} ({chosen.mfu_source})")
+    sure = chosen.verdict == "fits"
+    why = (f"cheapest of {len(within)} node shapes that {'fit' if sure else 'fit only at the counted peak'}{limits} "
+           f"(of {len(timed)} priced on {clouds}); device batch {chosen.device_batch} is the largest that "
+           f"{'fits' if sure else 'might'} ({chosen.peak_memory_gib:.1f}–{chosen.peak_memory_high_gib:.1f} of "
+           f"{chosen.usable_memory_gib:.1f} GiB usable)" + ("" if sure else "; nothing fits at the high end: "
+                                                             "probe first (`nanolaunch dry`)")
+           + f"; timed at MFU {out.pct(chosen.mfu)} ({chosen.mfu_source})")
     if chosen is not fastest:
         why += f"; fastest: {fastest.describe()}, {out.hours(fastest.wall_hours)} for {out.usd(fastest.cost_usd)}"
     return Search(chosen, why, _alternatives(within, frontier, chosen, fastest), len(timed), len(fits), clouds)
@@ -215,9 +223,11 @@ def apply(config: RunConfig, chosen: Candidate) -> RunConfig:
     return config.replace(gpu=chosen.spec, nodes=chosen.nodes, device_batch=chosen.device_batch)
 
 
-def largest_batch(config: RunConfig) -> int | None:
-    """The largest device batch that splits the total batch evenly and fits this config's GPUs (None: none)."""
-    return next((b for b in batches(config, config.world_size) if planner.memory_for(config, b).fits), None)
+def largest_batch(config: RunConfig, verdict: str = "fits") -> int | None:
+    """The largest device batch that splits the total batch evenly and whose verdict on this config's GPUs is
+    `verdict` (fits: even at the high end; probe first: at the counted peak); None: none."""
+    ok = ("fits",) if verdict == "fits" else ("fits", "probe first")
+    return next((b for b in batches(config, config.world_size) if planner.memory_for(config, b).verdict in ok), None)
 
 
 @dataclass(frozen=True)
@@ -250,17 +260,27 @@ def settle(config: RunConfig, fixed: Fixed, *, searchable: bool, mfu: float | No
 
 
 def refusal(settled: Settled, plan: dict) -> str | None:
-    """Why this config must not be launched, in one line naming what would fit; None when it fits."""
-    if plan["fits"]:
+    """Why this config must not be launched, in one line naming what would fit; None when it may be."""
+    if plan["verdict"] != "does not fit":
         return None
     config = settled.config
-    batch = largest_batch(config)
+    batch, maybe = largest_batch(config), largest_batch(config, "probe first")
     here = (f"on {config.nodes} nodes of " if config.nodes > 1 else "on ") + f"{config.gpus_per_node}×{config.accelerator.name}"
-    line = (f"d{config.train.depth} at device batch {config.train.device_batch} does not fit: the plan's peak is "
+    line = (f"d{config.train.depth} at device batch {config.train.device_batch} does not fit: the plan counts "
             f"{plan['peak_memory_gib']:.1f} GiB of {plan['usable_memory_gib']:.1f} GiB usable per device; "
-            + (f"the largest batch that fits {here} is {batch}" if batch else f"no device batch fits {here}"))
+            + (f"the largest batch that fits {here} is {batch}" if batch else
+               f"batch {maybe} might fit {here} (probe first)" if maybe else f"no device batch fits {here}"))
     best = settled.overall.chosen if settled.overall else None
     if best is not None:
         line += (f"; the cheapest config that fits is --gpu {best.spec}" + (f" --nodes {best.nodes}" if best.nodes > 1 else "")
                  + f" --batch {best.device_batch} ({out.usd(best.cost_usd)}, {out.hours(best.wall_hours)})")
     return line + "; --force launches it anyway"
+
+
+def caution(plan: dict) -> str | None:
+    """A config that fits only at the counted peak: what to do before paying for the whole run."""
+    if plan["verdict"] != "probe first":
+        return None
+    return (f"probe first: the plan counts {plan['peak_memory_gib']:.1f} GiB per device but published figures put "
+            f"it as high as {plan['peak_memory_high_gib']:.1f} GiB of {plan['usable_memory_gib']:.1f} usable; "
+            f"`nanolaunch dry` measures it, and the trainer halves the batch if its first step runs out of memory")

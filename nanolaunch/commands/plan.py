@@ -163,8 +163,10 @@ def render(p: dict) -> None:
     else:
         row("data", p["config"]["data"], "")
     m = p["memory"]
-    row("peak memory", f"{p['peak_memory_gib']:.1f} GiB of {p['gpu_memory_gib']:g} GiB: "
-        + ("[green]fits[/]" if p["fits"] else "[red]does not fit[/]"),
+    colour = {"fits": "green", "probe first": "yellow", "does not fit": "red"}[p["verdict"]]
+    span = (f"{p['peak_memory_gib']:.1f}" if p["peak_memory_high_gib"] == p["peak_memory_gib"] else
+            f"{p['peak_memory_gib']:.1f}–{p['peak_memory_high_gib']:.1f}")
+    row("peak memory", f"{span} GiB of {p['gpu_memory_gib']:g} GiB: [{colour}]{p['verdict']}[/]",
         f"usable {m['usable_gib']:.1f} GiB at {m['headroom']:.0%} headroom; {m['breakdown']}")
     peak = "unknown peak" if p["peak_flops"] is None else f"{p['peak_flops'] / 1e12:g} TFLOP/s bf16 × {p['world_size']}"
     row("MFU", out.pct(p["mfu"]), f"{p['mfu_source']}; denominator {peak}")
@@ -190,8 +192,12 @@ def render(p: dict) -> None:
                         f"forward pass {m['forward_gib']:.2f} GiB, optimizer step {m['step_gib']:.2f} GiB")
     for term in m["terms"]:
         t.add_row(term["term"], f"{term['gib']:.2f}", term["kind"], term["source"])
-    t.add_row("total", f"{m['total_gib']:.2f}", "", f"{'fits' if m['fits'] else 'does not fit'}: usable "
-              f"{m['usable_gib']:.1f} GiB = {100 * (1 - m['headroom']):.0f}% of {m['device_memory_gib']:g} GiB")
+    t.add_row("total (counted)", f"{m['total_gib']:.2f}", "", f"usable {m['usable_gib']:.1f} GiB = "
+              f"{100 * (1 - m['headroom']):.0f}% of {m['device_memory_gib']:g} GiB")
+    if m["excess_gib"]:
+        t.add_row("+ unexplained", f"{m['excess_gib']:.2f}", "assumed", m["excess_source"])
+        t.add_row("high end", f"{m['high_gib']:.2f}", "", f"verdict: {m['verdict']} (fits: the high end fits; "
+                  "probe first: only the counted peak does)")
     c.print()
     c.print(t)
     if p.get("past_predictions"):
@@ -224,7 +230,8 @@ def render_alternatives(overall: dict, p: dict | None = None) -> None:
         mine = p is not None and (x["spec"], x["nodes"], x["device_batch"]) == (
             f"{p['gpu']}:{p['gpus_per_node']}", p["nodes"], p["device_batch"])
         t.add_row(("→ " if mine else "") + x["role"], f"{x['per_node']}×{x['gpu']}", str(x["nodes"]), str(x["device_batch"]),
-                  f"{x['peak_memory_gib']:.1f} / {x['usable_memory_gib']:.1f} GiB", out.pct(x["mfu"]),
+                  f"{x['peak_memory_gib']:.0f}–{x['peak_memory_high_gib']:.0f} / {x['usable_memory_gib']:.0f} GiB"
+                  + ("" if x["verdict"] == "fits" else f" ({x['verdict']})"), out.pct(x["mfu"]),
                   out.hours(x["wall_hours"]), out.usd(x["usd_per_hour"]), out.usd(x["cost_usd"]),
                   x["price_source"].split(",")[0])
     c = out.console()

@@ -70,6 +70,8 @@ def run(
         raise NanolaunchError(refused)
     if refused:
         out.warn(f"--force: {refused.removesuffix('; --force launches it anyway')}")
+    if search.caution(plan):
+        out.warn(search.caution(plan))
     if settled.searched:
         out.note(f"chose {settled.within.chosen.describe()}: {settled.within.why}")
     if max_cost is not None and plan["cost_usd"] is not None and plan["cost_usd"] > max_cost:
