@@ -144,6 +144,27 @@ def measured_for(config: RunConfig, preset, rows: list[dict], probe: bool = Fals
     return measured_from_preset(preset, config)
 
 
+def measured_memory(rows: list[dict], config: RunConfig) -> dict | None:
+    """The newest GPU probe or run of this very config (GPU kind and count, nodes, shape, device batch as run,
+    precision and compilation) that measured its peak, or ran out of memory: what the plan's verdict then
+    stands on, with the row it came from."""
+    if config.on_cpu:
+        return None
+    want = (_speed_key(config), config.gpus_per_node, config.nodes)
+    for r in reversed(rows):
+        if r["gpu"] != config.accelerator.name or r["status"] not in ("ok", "oom"):
+            continue
+        c = _config(r)
+        if c is None or (_speed_key(c), r["gpu_count"] or 1, r["nodes"] or 1) != want:
+            continue
+        if r["status"] == "oom" and not r.get("device_batch"):  # ran out of memory at the planned batch
+            return {"id": r["id"], "oom": True, "allocated_gib": None, "reserved_gib": None}
+        if r["status"] == "ok" and r["peak_memory_gib"]:
+            return {"id": r["id"], "oom": False, "allocated_gib": r["peak_memory_gib"],
+                    "reserved_gib": r.get("peak_reserved_gib")}
+    return None
+
+
 def track_record(rows: list[dict], preset: str | None, gpu: str, limit: int = TRACK_RECORD) -> list[dict]:
     """Past rows of this preset (or, without one, this GPU kind): predicted against measured."""
     mine = [r for r in rows if r["status"] == "ok" and r["plan"]

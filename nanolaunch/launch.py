@@ -53,8 +53,10 @@ def derived(config: RunConfig, preset: Preset | None, probe: bool = False) -> di
     """The plan a run is launched with (and later compared against): the ledger's own measurements first."""
     from nanolaunch import calibration
 
-    measured, source = calibration.measured_for(config, preset, calibration.ledger_rows(), probe=probe)
-    return make_plan(config, measured=measured, measured_from=source, probe=probe)
+    rows = calibration.ledger_rows()
+    measured, source = calibration.measured_for(config, preset, rows, probe=probe)
+    return make_plan(config, measured=measured, measured_from=source, probe=probe,
+                     memory_measured=calibration.measured_memory(rows, config))
 
 
 def open_row(ledger: Ledger, req: Request, plan: dict, backend: str, nodes: int, **fields) -> int:

@@ -84,6 +84,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("006_device_batch", """
         ALTER TABLE runs ADD COLUMN device_batch INTEGER;  -- the device batch it ran at (the config's, or smaller
                                                            -- after running out of memory before its first update)
+        ALTER TABLE runs ADD COLUMN peak_reserved_gib REAL;  -- CUDA: max_memory_reserved (peak_memory_gib: allocated)
     """),
 ]
 
@@ -91,7 +92,8 @@ COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "g
            "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb", "mfu",
            "tokens_per_second", "step_ms", "peak_memory_gib", "steps", "run_dir", "log_path", "result_path",
            "wandb_url", "git_commit", "error", "pid", "cluster", "sky_job_id", "managed", "recoveries", "step_ms_mean",
-           "eval_seconds", "gzip_bpb", "device_name", "machine", "data", "device_batch")
+           "eval_seconds", "gzip_bpb", "device_name", "machine", "data", "device_batch",
+           "peak_reserved_gib")
 JSON_COLUMNS = ("config", "plan")
 
 
@@ -165,7 +167,8 @@ class Ledger:
         result = result or {}
         figures = {k: result.get(k) for k in ("val_bpb", "mfu", "tokens_per_second", "step_ms", "peak_memory_gib",
                                                  "steps", "step_ms_mean", "eval_seconds", "gzip_bpb", "device_name",
-                                                 "machine", "data", "device_batch") if result.get(k) is not None}
+                                                 "machine", "data", "device_batch", "peak_reserved_gib")
+                   if result.get(k) is not None}
         if result.get("error"):
             figures["error"] = str(result["error"])[:2000]
         rate = row["usd_per_hour"]

@@ -71,9 +71,11 @@ def count_evals(iterations: int, eval_every: int) -> int:
 
 
 def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None = None, measured_from: str = "",
-         probe: bool = False, data: dict | None = None) -> dict:
+         probe: bool = False, data: dict | None = None, memory_measured: dict | None = None) -> dict:
     """`probe`: the config is a probe's, which trains on synthetic batches (no data pipeline in memory) and
-    never evaluates. `data`: the data plan, when the caller has it (it is the same on every GPU)."""
+    never evaluates. `data`: the data plan, when the caller has it (it is the same on every GPU).
+    `memory_measured`: a ledger row's measured peak of this very config (calibration.measured_memory), which
+    the verdict then stands on."""
     gpu, per_node, world = config.accelerator, config.gpus_per_node, config.world_size
     shape = config.shape
     try:
@@ -106,6 +108,7 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         **data,
         "peak_memory_gib": mem.total_gib, "gpu_memory_gib": gpu.memory_gib, "usable_memory_gib": mem.usable_gib,
         "fits": mem.fits, "verdict": mem.verdict, "peak_memory_high_gib": mem.high_gib, "memory": mem.as_dict(),
+        **measured_verdict(mem, memory_measured),
         "peak_flops": gpu.peak_flops, "mfu": tput.mfu, "mfu_source": tput.source,
         "step_seconds": step_s, "evals": n_evals, "eval_seconds": eval_s, "train_seconds": train_s,
         "startup_seconds": startup_s,
@@ -117,6 +120,22 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         "warnings": warnings,
     }
     return result
+
+
+def measured_verdict(mem: memory.MemoryEstimate, seen: dict | None) -> dict:
+    """A measurement of this config beats the model: it ran out of memory (does not fit), or its peak (reserved
+    where known, the allocator's whole share, + the CUDA context) fits the usable memory or not."""
+    if not seen:
+        return {"verdict_source": "memory model (docs/memory.md)"}
+    if seen["oom"]:
+        return {"fits": False, "verdict": "does not fit", "verdict_source": f"measured: ledger #{seen['id']} ran out "
+                                                                           "of memory at this batch"}
+    held = (seen["reserved_gib"] or seen["allocated_gib"]) + memory.CUDA_CONTEXT_GIB
+    fits = held <= mem.usable_gib
+    return {"fits": fits, "verdict": "fits" if fits else "does not fit", "peak_memory_measured_gib": held,
+            "verdict_source": f"measured: ledger #{seen['id']} peaked at {seen['allocated_gib']:.1f} GiB allocated"
+                              + (f", {seen['reserved_gib']:.1f} reserved" if seen["reserved_gib"] else "")
+                              + f" (+ {memory.CUDA_CONTEXT_GIB:g} context)"}
 
 
 def timing(config: RunConfig, tput: Throughput, iterations: int, n_evals: int,

@@ -94,3 +94,27 @@ def test_the_ledger_records_the_batch_it_ran_and_the_plan_learns_from_it(tmp_pat
     row = json.loads(nl(tmp_path, "ledger", "--json").stdout)[0]
     assert (row["device_batch"], row["planned_device_batch"]) == (8, 16)
     assert calibration._config(calibration.ledger_rows()[0]).train.device_batch == 8
+
+
+def test_a_measured_peak_of_the_same_config_decides_the_verdict(tmp_path):
+    """Plans learn from GPU runs: a ledger row of this very config (GPU kind, count, shape, batch) beats the model,
+    and the verdict cites it; an out-of-memory row says does not fit."""
+    import json
+
+    from conftest import nl
+
+    def plan(batch):
+        r = nl(tmp_path, "plan", "d34", "--ratio", "40", "--gpu", "H100:8", "--batch", batch, "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    assert plan(8)["verdict"] == "probe first" and plan(8)["verdict_source"].startswith("memory model")
+    assert nl(tmp_path, "ledger", "add", "d34", "--gpu", "H100:8", "--batch", "8", "--kind", "dry",
+              "--peak-memory-gib", "60.5", "--wall-minutes", "2").returncode == 0
+    assert nl(tmp_path, "ledger", "add", "d34", "--gpu", "H100:8", "--batch", "4", "--kind", "dry", "--status", "oom",
+              "--wall-minutes", "2").returncode == 0
+    measured = plan(8)
+    assert measured["verdict"] == "fits" and measured["verdict_source"].startswith("measured: ledger #1 peaked at 60.5")
+    oom = plan(4)
+    assert oom["verdict"] == "does not fit" and "ledger #2 ran out of memory" in oom["verdict_source"]
+    assert plan(2)["verdict_source"].startswith("memory model")  # another batch: the model still decides

@@ -63,17 +63,21 @@ class Run:
         from trainer.common import peak_memory_gib
         med = self.median_step_ms()
         tps = self.cfg.total_batch / (med / 1000) if med else None
-        peak_mem = None
+        peak_mem = reserved = None
         if self.device is not None:
             try:
                 peak_mem = round(peak_memory_gib(self.device), 4)
+                if self.device.type == "cuda":  # what the caching allocator held: allocated + its fragmentation
+                    import torch
+                    reserved = round(torch.cuda.max_memory_reserved(self.device) / 2**30, 4)
             except Exception:
                 pass
         return dict(status=status, steps=self.steps, val_bpb=self.val_bpb, gzip_bpb=self.gzip_bpb, loss=self.loss,
                     device_batch=self.cfg.device_batch,
                     device_name=self.device_name, machine=self.machine, data=self.data,
                     mfu=mfu(self.cfg.shape.flops_per_token, tps, self.peak, self.world_size),
-                    peak_memory_gib=peak_mem, tokens_per_second=None if tps is None else round(tps, 1),
+                    peak_memory_gib=peak_mem, peak_reserved_gib=reserved,
+                    tokens_per_second=None if tps is None else round(tps, 1),
                     step_ms=None if med is None else round(med, 3),
                     step_ms_mean=round(statistics.mean(self.step_ms[1:]), 3) if len(self.step_ms) > 1 else None,
                     eval_seconds=round(self.eval_seconds, 3), wall_seconds=round(time.time() - self.t_start, 3),

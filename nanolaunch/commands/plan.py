@@ -60,7 +60,8 @@ def plan(
                             **measured_kw(config, chosen, rows))
     config = settled.config
     measured, measured_from = calibration.measured_for(config, chosen, rows, calibrate=mfu is None)
-    result = make_plan(config, mfu=mfu, measured=measured, measured_from=measured_from)
+    result = make_plan(config, mfu=mfu, measured=measured, measured_from=measured_from,
+                       memory_measured=calibration.measured_memory(rows, config))
     result["preset"] = chosen.name if chosen else None
     result["config"] = config.to_dict()
     result["search"] = settled.as_dict()
@@ -166,7 +167,8 @@ def render(p: dict) -> None:
     colour = {"fits": "green", "probe first": "yellow", "does not fit": "red"}[p["verdict"]]
     span = (f"{p['peak_memory_gib']:.1f}" if p["peak_memory_high_gib"] == p["peak_memory_gib"] else
             f"{p['peak_memory_gib']:.1f}–{p['peak_memory_high_gib']:.1f}")
-    row("peak memory", f"{span} GiB of {p['gpu_memory_gib']:g} GiB: [{colour}]{p['verdict']}[/]",
+    row("peak memory", f"{span} GiB of {p['gpu_memory_gib']:g} GiB: [{colour}]{p['verdict']}[/]"
+        + ("" if p["verdict_source"].startswith("memory model") else f" ({p['verdict_source']})"),
         f"usable {m['usable_gib']:.1f} GiB at {m['headroom']:.0%} headroom; {m['breakdown']}")
     peak = "unknown peak" if p["peak_flops"] is None else f"{p['peak_flops'] / 1e12:g} TFLOP/s bf16 × {p['world_size']}"
     row("MFU", out.pct(p["mfu"]), f"{p['mfu_source']}; denominator {peak}")
