@@ -8,8 +8,9 @@ import torch
 from test_ddp import launch
 from trainer.optim import ShardedAdamW, Muon
 
-# 1 GiB of fp32 logits at batch 16 alone: over a 2 GiB address space; batch 8 fits under it
-BIG = ["--depth", "4", "--vocab-size", "65536", "--seq-len", "256", "--data", "synthetic", "--memory-limit-gib", "2",
+# fp32 logits of 2 GiB at batch 32 and 1 GiB at 16 alone: neither fits a 2.5 GiB address space with the rest of
+# the step; batch 8 (peak RSS 1.43 GiB at 2 ranks) fits it with room for the optimizer step's buffers
+BIG = ["--depth", "4", "--vocab-size", "65536", "--seq-len", "256", "--data", "synthetic", "--memory-limit-gib", "2.5",
        "--eval-tokens", "4096", "--eval-every", "0", "--dtype", "fp32", "--threads", "1"]
 
 
@@ -19,14 +20,15 @@ def steps(events):
 
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_a_batch_that_cannot_fit_finishes_at_one_that_does(tmp_path, ranks):
-    total = 4096 * ranks  # device batch 16 on every rank, one micro-step
-    rc, fell, err = launch(ranks, *BIG, "--total-batch", total, "--device-batch", 16, "--iterations", 3,
-                           "--run-dir", tmp_path / "planned16")
+    total = 32 * 256 * ranks  # device batch 32 on every rank, one micro-step
+    rc, fell, err = launch(ranks, *BIG, "--total-batch", total, "--device-batch", 32, "--iterations", 3,
+                           "--run-dir", tmp_path / "planned32")
     assert rc == 0, err[-3000:]
     changes = [e for e in fell if e["event"] == "batch"]
-    assert changes and changes[0]["planned_device_batch"] == 16 and changes[0]["step"] == 0
+    assert changes and changes[0]["planned_device_batch"] == 32 and changes[0]["step"] == 0
+    assert [c["device_batch"] for c in changes] == [32 // 2 ** (i + 1) for i in range(len(changes))]  # halvings
     ran = changes[-1]["device_batch"]
-    assert ran < 16 and changes[-1]["grad_accum"] == 16 // ran
+    assert ran < 32 and changes[-1]["grad_accum"] == 32 // ran
     result = [e for e in fell if e["event"] == "result"]
     assert len(result) == 1 and result[0]["status"] == "ok" and result[0]["device_batch"] == ran
     rc, direct, err = launch(ranks, *BIG, "--total-batch", total, "--device-batch", ran, "--iterations", 3,

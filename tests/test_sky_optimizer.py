@@ -1,4 +1,4 @@
-"""SkyPilot's own optimizer picks the instance for `nanolaunch run d34 --ratio 40 --gpu H100:1 --batch 8`, offline.
+"""SkyPilot's own optimizer picks the instance for `nanolaunch run d34 --ratio 40 --gpu H100:1 --batch 2`, offline.
 
 A catalog snapshot (built from nanolaunch's price snapshot, in SkyPilot's vms.csv format) is seeded into a
 temporary SkyPilot home; Lambda and RunPod are recorded as enabled in SkyPilot's own state. The
@@ -70,7 +70,7 @@ def test_skypilot_optimizer_picks_the_instance_the_plan_priced(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "SKY_RUNTIME_DIR": str(tmp_path),
            "NANOLAUNCH_HOME": str(tmp_path / "nl"), "PYTHONPATH": str(REPO),
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
-    out = subprocess.run([sys.executable, "-c", DRIVER, "run", "d34", "--ratio", "40", "--gpu", "H100:1", "--batch", "8",
+    out = subprocess.run([sys.executable, "-c", DRIVER, "run", "d34", "--ratio", "40", "--gpu", "H100:1", "--batch", "2",
                           "--dryrun", "--json"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
