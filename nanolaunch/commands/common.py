@@ -120,9 +120,11 @@ def fixed_by(gpu: str | None, batch: int | None, nodes: int | None, preset: pres
     return Fixed(nodes=nodes)
 
 
-def check_limits(max_cost: float | None, max_hours: float | None) -> None:
+def check_limits(max_cost: float | None = None, max_hours: float | None = None, **more: float | None) -> None:
+    """Limits are positive, finite numbers: one line naming the flag otherwise (more: budget=...)."""
     import math
 
-    for flag, value in (("--max-cost", max_cost), ("--max-hours", max_hours)):
+    given = {"max_cost": max_cost, "max_hours": max_hours, **more}
+    for name, value in given.items():
         if value is not None and not (math.isfinite(value) and value > 0):
-            raise NanolaunchError(f"{flag} must be a positive number, got {value:g}")
+            raise NanolaunchError(f"--{name.replace('_', '-')} must be a positive number, got {value:g}")

@@ -45,11 +45,14 @@ def plan(
 
     Without --gpu and --batch (and without a preset) the plan searches for the GPU, GPUs per node, nodes and
     batch: the cheapest config that fits on the clouds SkyPilot has enabled, and the alternatives."""
-    check_limits(max_cost, max_hours)
+    check_limits(max_cost, max_hours, budget=budget)
     if budget is not None or plot is not None:
-        return _budget(budget, plot, model, preset, ratio, iterations, gpu, batch, max_cost, max_hours, mfu, as_json,
-                       infra=infra, nodes=nodes, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
-                       spot=spot, data=data, data_split=data_split, text_column=text_column)
+        chosen_elsewhere = {"a model (dN)": model, "--preset": preset, "--ratio": ratio, "--iterations": iterations,
+                            "--gpu": gpu, "--batch": batch, "--max-cost": max_cost}
+        return _budget(budget, plot, conflicting=chosen_elsewhere, max_hours=max_hours, mfu=mfu, as_json=as_json,
+                       overrides=dict(infra=infra, nodes=nodes, seq_len=seq, total_batch=total_batch,
+                                      vocab_size=vocab, spot=spot, data=data, data_split=data_split,
+                                      text_column=text_column))
     config, chosen = resolve(model, preset, infra=infra, depth=depth, ratio=ratio, iterations=iterations, gpu=gpu, nodes=nodes,
                              device_batch=batch, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
                              shards=shards, spot=spot, data=data, data_split=data_split,
@@ -71,19 +74,17 @@ def plan(
     out.emit(result, as_json, render)
 
 
-def _budget(budget, plot, model, preset, ratio, iterations, gpu, batch, max_cost, max_hours, mfu, as_json,
-            **overrides) -> None:
+def _budget(budget: float | None, plot: Path | None, *, conflicting: dict, max_hours: float | None,
+            mfu: float | None, as_json: bool, overrides: dict) -> None:
+    """What `budget` dollars buy: the model, the config and a predicted val_bpb (nanolaunch/budget.py)."""
     from nanolaunch import budget as budgets, scaling
     from nanolaunch.errors import NanolaunchError
 
-    given = [flag for flag, v in (("a model (dN)", model), ("--preset", preset), ("--ratio", ratio),
-                                  ("--iterations", iterations), ("--gpu", gpu), ("--batch", batch),
-                                  ("--max-cost", max_cost)) if v is not None]
+    given = [flag for flag, value in conflicting.items() if value is not None]
     if budget is None:
         raise NanolaunchError("--plot draws the scaling fit of --budget: give --budget USD")
     if given:
         raise NanolaunchError(f"--budget chooses the model, its horizon and the config: drop {', '.join(given)}")
-    check_limits(budget, None)
     base, _ = resolve("d12", None, **overrides)
     if base.on_cpu or base.slurm:
         raise NanolaunchError("--budget searches cloud GPUs; it cannot plan for a CPU or a Slurm cluster")
