@@ -32,7 +32,9 @@ def lookup(name: str) -> GPU:
 
 def parse_gpu_spec(spec: str) -> tuple[GPU, int]:
     """'H100:8' -> (H100, 8); 'A100' -> (A100, 1)."""
-    name, _, count = spec.partition(":")
+    name, colon, count = spec.partition(":")
+    if colon and not count:
+        raise NanolaunchError(f"bad GPU spec {spec!r}: give the count after ':' (H100:8), or no ':' for one GPU")
     try:
         n = int(count) if count else 1
     except ValueError:

@@ -37,6 +37,11 @@ def test_unknown_option_is_one_line_naming_the_help(home):
     (["show"], "Missing argument"),
     (["preset", "show"], "Missing argument"),
     (["ledger", "add", "--bogus"], "nanolaunch ledger add --help"),
+    (["plan", "d12", "--ratio", "inf"], "ratio must be a positive, finite number"),
+    (["plan", "d12", "--ratio", "nan"], "ratio must be a positive, finite number"),
+    (["plan", "d12", "--gpu", "H100:"], "give the count after ':'"),
+    (["dry", "--preset", "cpu_demo", "--memory-limit-gib", "-1", "--local"], "--memory-limit-gib must be a positive"),
+    (["run", "d12", "--max-cost", "-1"], "--max-cost must be a positive number"),
 ])
 def test_usage_errors_are_one_line_exit_2(home, args, words):
     r = nl(home, *args)

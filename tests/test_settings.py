@@ -88,7 +88,8 @@ def test_environment_then_command_line_over_the_defaults():
 
 @pytest.mark.parametrize("argv, env, message", [
     ([], {}, "depth is required"),
-    (["--depth", "4", "--device-batch", "0"], {}, "device_batch must be positive"),
+    (["--depth", "4", "--device-batch", "0"], {}, "device_batch must be a positive, finite number"),
+    (["--depth", "4", "--ratio", "inf"], {}, "--ratio must be a float, got 'inf'"),
     (["--depth", "four"], {}, "--depth must be a whole int"),
     ([], {"NL_DEPTH": "4", "NL_DTYPE": "fp16"}, "dtype must be one of auto, bf16, fp32"),
     (["--depth", "4", "--ratio", "20", "--iterations", "5"], {}, "at most one horizon"),

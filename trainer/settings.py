@@ -32,7 +32,7 @@ class SettingError(ValueError):
 
 # Checks: each returns None when the value is fine, else what it must be.
 def positive(v):
-    return None if v > 0 else "must be positive"
+    return None if 0 < v < float("inf") else "must be a positive, finite number"
 
 
 def at_least_zero(v):

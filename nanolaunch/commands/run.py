@@ -147,6 +147,7 @@ def dry(
 ) -> None:
     """Probe batch sizes for N iterations each: OOM or not, MFU, step time, peak memory."""
     config, chosen = resolve(model, preset, infra=infra, gpu=gpu)
+    check_limits(memory_limit_gib=memory_limit_gib)
     auto = batch.strip().lower() == "auto"
     if auto:  # probes run on one node
         per_node = config.gpus_per_node
