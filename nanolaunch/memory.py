@@ -1,15 +1,17 @@
 """Analytic peak memory of the trainer on one device, as explicit terms (docs/memory.md).
 
-    forward = activations + retained + logits        (the end of the forward pass)
+    forward = activations + retained + logits + logit gradient   (the end of the forward pass)
     total   = weights + grads + optimizer + overhead + data + max(forward, optimizer_step)
               + overlap · min(forward, optimizer_step)
+    high    = total + the largest unexplained excess of a published figure (CUDA; the verdict's range)
 
-The first three are counts of fp32 tensors. The two moments that can hold the peak are the end of the
-forward pass (saved activations, the heap they leave behind on CPU, the logits) and Muon's optimizer step
-(its per-shape-group temporaries); on CPU part of the other moment's memory is still resident (overlap).
-The per-element constants are fitted, per backend:
-- CUDA (bf16 autocast, compiled): ACTIVATION_BYTES and OVERHEAD_GIB from the seed record of docs/DESIGN.md §3
-  (d10 on an A100-40GB: 11.6 GiB at batch 16, 21.2 GiB at batch 32); there is no retained or step term.
+Weights, grads and optimizer are counts of fp32 tensors. The two moments that can hold the peak are the end
+of the forward pass (saved activations, the heap they leave behind on CPU, the logits) and Muon's optimizer
+step (its per-shape-group temporaries); on CPU part of the other moment's memory is still resident (overlap).
+The per-element constants, per backend:
+- CUDA (bf16 autocast): counted, not fitted. Compiled: COMPILED_BF16, from the compiled graph
+  (trainer/graph_census.py); eager: EAGER_BF16, from what autograd saves. The published figures
+  (data/memory_published.csv) bound the high end; the context and cuBLAS workspace are assumed.
 - CPU (fp32, eager, fused loss; what nanolaunch runs there): least squares against the trainer's own
   peak-RSS reports (8-step probes on synthetic data) over 37 configurations, depth 2–8, device batch
   1–32, seq 128–1024, vocab 4,096 and 65,536 (bench/memory_sweep.py, 2026-11-21, 2-core x86_64 24 GiB,

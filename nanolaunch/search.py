@@ -51,7 +51,6 @@ class Candidate:
     usd_per_hour: float | None  # all nodes, at the rate the run would pay (spot for a spot run)
     cost_usd: float | None
     price_source: str
-    largest_batch: int | None  # the largest device batch that fits this node shape
 
     @property
     def spec(self) -> str:
@@ -117,11 +116,9 @@ def candidates(config: RunConfig, fixed: Fixed, *, mfu: float | None = None, mea
     found = []
     for gpu, per_node, nodes in shapes(config, fixed):
         world = per_node * nodes
-        sizes = [fixed.device_batch] if fixed.device_batch else batches(config, world)
-        try:
-            sizes = [b for b in sizes if grad_accum_steps(config.train.total_batch, b, config.train.seq_len, world)]
-        except ShapeError:
-            continue
+        sizes = batches(config, world)  # each splits the total batch evenly
+        if fixed.device_batch:  # the user's, not necessarily a power of two
+            sizes = [fixed.device_batch] if _splits(config, fixed.device_batch, world) else []
         if not sizes:
             continue
         candidate = config.replace(gpu=f"{gpu.name}:{per_node}", nodes=nodes)
@@ -141,8 +138,17 @@ def candidates(config: RunConfig, fixed: Fixed, *, mfu: float | None = None, mea
         found.append(Candidate(
             gpu.name, per_node, nodes, batch, config.train.total_batch // (batch * config.train.seq_len * world),
             mem.total_gib, mem.high_gib, mem.usable_gib, mem.fits, mem.verdict, tput.mfu, tput.source, wall, rate,
-            None if wall is None else wall * rate, source, fitting[0][0] if fitting else None))
+            None if wall is None else wall * rate, source))
     return found
+
+
+def _splits(config: RunConfig, device_batch: int, world: int) -> bool:
+    """A batch the user fixed (not necessarily a power of two) splits the total batch evenly over `world`."""
+    try:
+        grad_accum_steps(config.train.total_batch, device_batch, config.train.seq_len, world)
+    except ShapeError:
+        return False
+    return True
 
 
 def choose(found: list[Candidate], *, max_cost: float | None = None, max_hours: float | None = None,
