@@ -38,12 +38,15 @@ class Request:
         return self.kind == "run" and (self.managed or self.config.spot)
 
 
-def for_run(req: Request, plan: dict, run_dir: str, data_dir: str) -> RunConfig:
+def for_run(req: Request, plan: dict, run_dir: str, data_dir: str, store_dir: str | None = None) -> RunConfig:
     """The one builder of what a backend hands the trainer: the request's config with this run's folder,
     data cache, probe, memory cap, budget (at the plan's price) and W&B project. Runs always resume: a
-    restarted job continues from its newest complete checkpoint."""
+    restarted job continues from its newest complete checkpoint. Shards kept in the store stay for later
+    runs; shards on a node's own disk are deleted once read (they die with the node anyway)."""
+    store_dir = store_dir or data_dir
     return req.config.replace(
-        run_dir=run_dir, data_dir=data_dir, resume=req.probe is None, probe=req.probe,
+        run_dir=run_dir, data_dir=data_dir, store_dir=store_dir, keep_data=store_dir == data_dir,
+        resume=req.probe is None, probe=req.probe,
         memory_limit_gib=req.memory_limit_gib, max_cost=req.max_cost,
         price_per_hour=(plan["usd_per_hour"] or 0.0) if req.max_cost is not None else None,
         wandb_project=req.wandb_project)

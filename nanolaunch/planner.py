@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nanolaunch import gpus, memory, prices
+from nanolaunch import disk, gpus, memory, prices
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from trainer import fineweb, hardware
@@ -118,8 +118,39 @@ def plan(config: RunConfig, *, mfu: float | None = None, measured: dict | None =
         "price_source_on_demand": price.source, "price_source_spot": price.spot_source, "clouds": price.clouds,
         "cost_usd": _cost(wall_h, price.on_demand_rate), "cost_usd_spot": _cost(wall_h, price.spot_rate),
         "warnings": warnings,
+        "disk": disk.plan(config, data),
+        "tokenizer": tokenizer_plan(config, data),
     }
     return result
+
+
+def tokenizer_plan(config: RunConfig, data: dict) -> dict | None:
+    """The tokenizer a run uses: the one this machine's store keeps for the same data, vocabulary and character
+    budget (local runs), else one trained by rank 0 before step 0 and kept for the runs after it."""
+    from pathlib import Path
+
+    from trainer.settings import tokenizer_name
+    from trainer.tokenizer import META_FILE
+
+    t = config.train
+    kind = data_kind(t.data)
+    if kind == "synthetic":
+        return None
+    commit = None
+    if kind == "hub":
+        from trainer import hub
+        try:
+            kept = hub.Listing.from_json((Path(data_dir(config)) / hub.LISTING_FILE).read_text())
+            commit = kept.revision if kept.source == hub.Source.of(t) else None
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+    name = tokenizer_name(t, commit or ("<commit>" if kind == "hub" else None))
+    path = Path(data_dir(config)) / name
+    reused = (kind != "hub" or commit is not None) and (path / META_FILE).is_file()
+    per_shard = data.get("chars_per_shard")
+    files = -(-t.tokenizer_chars // per_shard) if per_shard else None
+    return {"name": name, "path": str(path) if reused else None, "reused": reused, "chars": t.tokenizer_chars,
+            "files": None if files is None else int(min(files, (data.get("dataset_files") or files + 1) - 1))}
 
 
 def measured_verdict(mem: memory.MemoryEstimate, seen: dict | None) -> dict:
@@ -219,6 +250,7 @@ def _data_plan(config: RunConfig, tokens: int) -> dict:
         return dict(NO_DATA_PLAN)
     if (t.data, t.data_config, t.data_split, t.val_shard) == (fineweb.REPO, None, "train", None):
         files, chars, chars_from = fineweb.SHARDS_TOTAL, fineweb.CHARS_PER_SHARD, fineweb.CHARS_FROM
+        size, size_from = fineweb.BYTES_PER_SHARD, fineweb.BYTES_FROM
     else:  # asks the Hub once, then reads the listing the trainer will use too
         from trainer import hub
         try:
@@ -226,15 +258,17 @@ def _data_plan(config: RunConfig, tokens: int) -> dict:
         except hub.DataError as e:
             raise PlanError(str(e)) from None
         files, chars, chars_from = len(listing.train) + 1, listing.chars_per_shard, listing.chars_from
+        size, size_from = listing.bytes_per_shard, "the Hub's file sizes"
     try:
         return {**fineweb.plan_shards(tokens, files=files, chars_per_shard=chars, shards=t.shards),
-                "chars_from": chars_from}
+                "chars_from": chars_from, "bytes_per_shard": size, "bytes_from": size_from}
     except ValueError as e:
         raise PlanError(f"{t.data}: {e}") from None
 
 
 NO_DATA_PLAN = {k: None for k in ("train_shards", "shards", "dataset_files", "chars_per_shard",
-                                  "repeat_above_chars_per_token", "epochs", "chars_from")}
+                                  "repeat_above_chars_per_token", "epochs", "chars_from", "bytes_per_shard",
+                                  "bytes_from")}
 
 
 def _folder_plan(folder: str, tokens: int) -> dict:
@@ -251,7 +285,8 @@ def _folder_plan(folder: str, tokens: int) -> dict:
     if len(paths) < 2 or not chars:
         return dict(NO_DATA_PLAN)
     return {**fineweb.plan_shards(tokens, files=len(paths), chars_per_shard=chars / (len(paths) - 1),
-                                  shards=len(paths)), "chars_from": "measured on the folder's files"}
+                                  shards=len(paths)), "chars_from": "measured on the folder's files",
+            "bytes_per_shard": sum(p.stat().st_size for p in paths) / len(paths), "bytes_from": "the folder's files"}
 
 
 def data_dir(config: RunConfig) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from nanolaunch import prices
 from nanolaunch.config import RunConfig
@@ -34,7 +35,8 @@ class RunOptions:
     bucket: str | None = None  # cloud runs: the bucket mounted at STORE; None runs locally, without mounts
     node_python: str | None = None  # a Python with the trainer's packages on every node (NL_PYTHON): skips setup
     managed: bool = False  # a managed job (spot runs): SkyPilot recovers it after preemption
-    disk_size: int = 256
+    disk_size: int | None = None  # GB per node, from the plan's disk terms (nanolaunch/disk.py); None: SkyPilot's
+    cache_gb: int | None = None  # the bucket mount's local cache bound (rclone --vfs-cache-max-size)
 
 
 def default_bucket() -> str:
@@ -80,15 +82,22 @@ def shared_store() -> str:
     return path
 
 
-def store_paths(run_id: int, slug: str) -> tuple[str, str]:
-    """(run dir, data dir) inside the bucket: the data cache and tokenizer are shared by every run."""
-    return f"{STORE}/runs/{run_id:05d}", f"{STORE}/data/{slug}"
+NODE_DATA = "~/nl-data"  # a cloud node's own disk: shards are streamed here, not into the bucket mount
 
 
-def placement(config: RunConfig, run_name: str, *, managed: bool = False,
-              bucket: str | None = None) -> tuple[str, str, RunOptions]:
-    """(run dir, data dir, options) of a SkyPilot run: on Slurm under the cluster's shared path, on the clouds
-    in a bucket mounted at STORE. $NANOLAUNCH_NODE_PYTHON names a ready Python on every node (skips setup)."""
+class Placement(NamedTuple):
+    run_dir: str  # checkpoints and result.json: in the store
+    store_dir: str  # kept across runs: the dataset listing and tokenizers
+    data_dir: str  # where the shards go: the store on Slurm (a shared disk), the node's own disk on a cloud
+    opts: RunOptions
+
+
+def placement(config: RunConfig, run_name: str, *, managed: bool = False, bucket: str | None = None,
+              disk: dict | None = None) -> Placement:
+    """Where a SkyPilot run keeps what: on Slurm under the cluster's shared path, on the clouds in a bucket
+    mounted at STORE, with shards on the node's disk (uploading them to the bucket would only cost time and
+    space), a disk of the plan's size (`disk`: the plan's disk part). $NANOLAUNCH_NODE_PYTHON names a ready
+    Python on every node (skips setup)."""
     python = os.environ.get(NODE_PYTHON_ENV) or None
     source = data_slug(config.train)
     if data_kind(config.train.data) == "local" and not config.slurm:
@@ -96,10 +105,11 @@ def placement(config: RunConfig, run_name: str, *, managed: bool = False,
                               "upload it as a Hub dataset (hf upload --repo-type dataset) and pass its id")
     if config.slurm:
         root = shared_store()
-        return (f"{root}/runs/{run_name}", f"{root}/data/{source}",
-                RunOptions(managed=managed, node_python=python))
-    return (f"{STORE}/runs/{run_name}", f"{STORE}/data/{source}",
-            RunOptions(bucket=bucket or default_bucket(), managed=managed, node_python=python))
+        return Placement(f"{root}/runs/{run_name}", f"{root}/data/{source}", f"{root}/data/{source}",
+                         RunOptions(managed=managed, node_python=python))
+    sized = {"disk_size": disk["disk_size_gb"], "cache_gb": disk["cache_gb"]} if disk else {}
+    return Placement(f"{STORE}/runs/{run_name}", f"{STORE}/data/{source}", f"{NODE_DATA}/{source}",
+                     RunOptions(bucket=bucket or default_bucket(), managed=managed, node_python=python, **sized))
 
 
 def load_template() -> dict:
@@ -108,10 +118,15 @@ def load_template() -> dict:
     return yaml.safe_load(TEMPLATE.read_text())
 
 
+PASSED_ENVS = ("HF_ENDPOINT",)  # where the Hub is: a mirror the launcher reads is the one the nodes read
+
+
 def envs(config: RunConfig, opts: RunOptions) -> dict[str, str]:
-    """Every trainer setting that has a value as its NL_* variable (SkyPilot envs are strings), and the port."""
+    """Every trainer setting that has a value as its NL_* variable (SkyPilot envs are strings), the port, and
+    the launcher's own PASSED_ENVS (never a secret: those travel as SkyPilot secrets)."""
     extra = {"NL_PYTHON": opts.node_python} if opts.node_python else {}
-    return {**settings.to_env(config.train), MASTER_PORT_ENV: str(opts.master_port), **extra}
+    passed = {k: os.environ[k] for k in PASSED_ENVS if os.environ.get(k)}
+    return {**settings.to_env(config.train), MASTER_PORT_ENV: str(opts.master_port), **extra, **passed}
 
 
 def gpu_resources(gpu: str, count: int, spot: bool, needed: frozenset[str], infra: str | None = None) -> dict:
@@ -144,7 +159,8 @@ def render(config: RunConfig, opts: RunOptions, name: str = "nanolaunch") -> dic
                                         config.infra))
         if config.infra and "any_of" not in resources:
             resources["infra"] = config.infra
-        resources["disk_size"] = opts.disk_size
+        if opts.disk_size:
+            resources["disk_size"] = opts.disk_size
     if config.spot:
         resources["use_spot"] = True
     if opts.managed:  # SkyPilot recovers it after preemption and cleans its clusters up itself
@@ -154,6 +170,8 @@ def render(config: RunConfig, opts: RunOptions, name: str = "nanolaunch") -> dic
     task["resources"] = resources
     if opts.bucket:
         task["file_mounts"] = {STORE: {"name": opts.bucket, "mode": "MOUNT_CACHED"}}
+        if opts.cache_gb:  # rclone's cache is 10G unless bounded; the checkpoints must fit while they upload
+            task["file_mounts"][STORE]["config"] = {"mount_cached": {"vfs_cache_max_size": f"{opts.cache_gb}G"}}
     else:
         del task["file_mounts"]
     filled = envs(config, opts)  # in the settings' order; the template's defaults only where nothing is set

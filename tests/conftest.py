@@ -36,7 +36,11 @@ def hub(monkeypatch):
 
 @pytest.fixture
 def sky_home(tmp_path, monkeypatch):
-    """HOME for SkyPilot (it keeps state under ~/.sky): a temporary one, never the user's."""
+    """HOME for SkyPilot (it keeps state under ~/.sky): a temporary one, never the user's. SkyPilot fetches a
+    missing catalog from GitHub (even to print a Task): the loopback guard refuses it in this process."""
+    import loopback_guard
+
+    loopback_guard.install(monkeypatch.setattr)
     home = tmp_path / "sky-home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))

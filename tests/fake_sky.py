@@ -110,7 +110,11 @@ class FakeSky:
         return self._run(self.clusters[cluster_name][job_id - 1], output_stream)
 
     def down(self, cluster_name, **kw):
-        self.calls.append(("down", cluster_name))
+        import inspect
+        unknown = set(kw) - set(inspect.signature(self.real.down).parameters)
+        if unknown:  # the real SDK's down takes these as keywords, nothing else
+            raise TypeError(f"down() got unexpected keyword arguments {sorted(unknown)}")
+        self.calls.append(("down", cluster_name, kw))
         if cluster_name not in self.clusters:
             return self._request(self.real.exceptions.ClusterDoesNotExist(f"cluster {cluster_name!r} does not exist"))
         del self.clusters[cluster_name]

@@ -6,6 +6,8 @@ with Range), with the Hub's headers: X-Repo-Commit, X-Linked-Etag / X-Linked-Siz
 and X-Error-Code on errors (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo), as checked against
 huggingface_hub's own reading of them (file_download.get_hf_file_metadata, utils/_http.hf_raise_for_status).
 
+A bandwidth limit for benchmarks and streaming tests: `rate` bytes per second, shared by all downloads.
+
 Faults for tests: `cut_after[path] = n` sends the first GET of that file's body only to byte n and then
 drops the connection; `damage(...)` serves bytes that do not match the advertised sha256 (the stale-CDN case).
 """
@@ -15,6 +17,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
@@ -55,7 +58,10 @@ class Hub:
         self.repos: dict[str, Repo] = {}
         self.token = token
         self.cut_after: dict[str, int] = {}
+        self.rate: float | None = None  # bytes per second over all file bodies at once; None: unlimited
+        self._sent_until = 0.0  # when the bytes sent so far have used up the shared bandwidth
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.sent: dict[str, float] = {}  # file path: when its last body was sent whole (time.time())
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -74,6 +80,16 @@ class Hub:
         """Range headers of the GET requests for one file, in order."""
         pattern = re.compile(rf"/datasets/{re.escape(repo_id)}/resolve/[^/]+/{re.escape(path)}")
         return [r for m, p, r in self.log if m == "GET" and pattern.fullmatch(p)]
+
+    def _send(self, out, data: bytes, chunk: int = 64 * 1024) -> None:
+        """Write `data`, at `rate` bytes per second over every download together (a shared link)."""
+        for i in range(0, len(data), chunk):
+            if self.rate:
+                with self._lock:
+                    self._sent_until = max(self._sent_until, time.monotonic()) + len(data[i:i + chunk]) / self.rate
+                    until = self._sent_until
+                time.sleep(max(0.0, until - time.monotonic()))
+            out.write(data[i:i + chunk])
 
     def close(self) -> None:
         self._server.shutdown()
@@ -248,7 +264,8 @@ class Hub:
                     self.close_connection = True
                     self.connection.shutdown(2)  # mid-body: the client sees a dropped connection
                     return
-                self.wfile.write(data)
+                hub._send(self.wfile, data)
+                hub.sent[name] = time.time()
 
         return Handler
 

@@ -57,7 +57,11 @@ def test_run_launches_follows_records_and_tears_down(env, tmp_path, monkeypatch)
     assert fake.clusters == {}  # nothing left billing
     assert row["cost_usd"] == pytest.approx(row["usd_per_hour"] * row["wall_seconds"] / 3600)
     assert row["usd_per_hour"] > 0 and "snapshot" in row["price_source"]
-    assert [e["kind"] for e in Ledger().events(row["id"])] == ["launch", "down"]
+    events = Ledger().events(row["id"])
+    assert [e["kind"] for e in events] == ["launch", "down", "checkpoint_kept"]
+    assert events[-1]["detail"].startswith("step 12: ")  # the checkpoint that outlived the teardown
+    assert f"runs/{row['id']:05d}/checkpoints/step_000012 " in events[-1]["detail"]
+    assert fake.calls[-1][2] == {"graceful": True, "graceful_timeout": skypilot.UPLOAD_TIMEOUT_S}
     # the trainer wrote into the bucket, the launcher kept the log, and the secret reached only the job
     assert (tmp_path / "bucket" / "runs" / f"{row['id']:05d}" / "result.json").exists()
     assert fake.secrets_seen == [{"WANDB_API_KEY": SECRET}]
@@ -81,9 +85,9 @@ def test_probe_sweep_reuses_one_cluster(env, tmp_path, monkeypatch):
     assert [r["status"] for r in rows] == ["ok"] * 3 and [r["steps"] for r in rows] == [3, 3, 3]
     assert names(fake) == ["launch", "tail_logs", "exec", "tail_logs", "exec", "tail_logs", "down"]
     assert len({r["cluster"] for r in rows}) == 1
-    # the bucket's data cache is shared by every probe; each has its own run folder
+    # the bucket keeps what runs share (listing, tokenizer); shards go to the node's disk; each has its own run folder
     tasks = [(skypilot.run_dir(r["id"]) / "task.yaml").read_text() for r in rows]
-    assert all("NL_DATA_DIR: /nl-store/data/synthetic" in t for t in tasks)
+    assert all("NL_STORE_DIR: /nl-store/data/synthetic" in t and "NL_DATA_DIR: ~/nl-data/synthetic" in t for t in tasks)
     assert len({r["run_dir"] for r in rows}) == 3
 
 

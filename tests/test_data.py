@@ -9,7 +9,7 @@ import torch
 
 from trainer.corpus import MARKER
 from trainer.data import DataError, TokenLoader, build_stdlib_corpus, iter_documents, list_shards, read_unit, \
-    split_shards
+    row_groups, shard_order, split_shards
 from trainer.hub import verify_parquet
 
 
@@ -90,9 +90,14 @@ def unit_tokens(tok, paths, unit):
     return [t for doc in read_unit(paths, unit) for t in [tok.bos_id] + tok.encode(doc)]
 
 
+def read_order(loader, epoch):
+    """(shard, row group) as the loader reads them in `epoch`."""
+    return [(s, g) for spos, s in enumerate(loader.order(epoch)) for g in loader.units(epoch, spos)]
+
+
 def expected_stream(loader, epochs):
-    return torch.tensor([t for e in range(epochs) for u in loader.order(e)
-                         for t in unit_tokens(loader.tokenizer, loader.paths, u)])
+    return torch.tensor([t for e in range(epochs) for u in read_order(loader, e)
+                         for t in unit_tokens(loader.tokenizer, loader.shards.paths, u)])
 
 
 def test_batches_are_the_document_stream(corpus, tokenizer):
@@ -115,7 +120,7 @@ def test_seed_order(corpus, tokenizer):
     first = [a.next_batch()[0] for _ in range(20)]
     assert all(torch.equal(x, b.next_batch()[0]) for x in first)
     assert not all(torch.equal(x, c.next_batch()[0]) for x in first)
-    assert a.order(0) != a.order(1) and sorted(a.order(0)) == sorted(a.order(1))
+    assert read_order(a, 0) != read_order(a, 1) and sorted(read_order(a, 0)) == sorted(read_order(a, 1))
 
 
 def test_ranks_are_disjoint(corpus, tokenizer):
@@ -123,16 +128,36 @@ def test_ranks_are_disjoint(corpus, tokenizer):
     one = TokenLoader(train, tokenizer, 2, 64, seed=5)
     r0, r1 = (TokenLoader(train, tokenizer, 2, 64, seed=5, rank=r, world_size=2) for r in (0, 1))
     for e in (0, 1):
-        assert not set(r0.order(e)) & set(r1.order(e))
-        assert sorted(r0.order(e) + r1.order(e)) == sorted(one.order(e))
-    docs = [Counter(d for u in ld.order(0) for d in read_unit(train, u)) for ld in (r0, r1)]
+        assert not set(read_order(r0, e)) & set(read_order(r1, e))
+        assert sorted(read_order(r0, e) + read_order(r1, e)) == sorted(read_order(one, e))
+    docs = [Counter(d for u in read_order(ld, 0) for d in read_unit(train, u)) for ld in (r0, r1)]
     assert docs[0] + docs[1] == Counter(iter_documents(train))
     x, _ = r1.next_batch()  # and a rank streams its own row groups
-    assert torch.equal(x.flatten(), torch.tensor(unit_tokens(tokenizer, train, r1.order(0)[0])[:128]))
-    with pytest.raises(DataError, match="9 row groups in 3 shards cannot feed 10 ranks"):
-        TokenLoader(train, tokenizer, 2, 64, rank=0, world_size=10)
+    assert torch.equal(x.flatten(), torch.tensor(unit_tokens(tokenizer, train, read_order(r1, 0)[0])[:128]))
     with pytest.raises(DataError, match="rank 2 is outside world_size 2"):
         TokenLoader(train, tokenizer, 2, 64, rank=2, world_size=2)
+
+
+def test_nodes_read_whole_shards_in_a_seeded_order(corpus, tokenizer):
+    """Two nodes of two ranks: each node reads its own shards (so it fetches only those), its ranks share
+    their row groups, and together the four ranks read every row group once per epoch."""
+    train, _ = split_shards(corpus)
+    loaders = [TokenLoader(train, tokenizer, 2, 64, seed=1, rank=r, world_size=4, local_world_size=2)
+               for r in range(4)]
+    for e in (0, 1):
+        node_shards = [{s for s, _ in read_order(ld, e)} for ld in loaders]
+        assert node_shards[0] == node_shards[1] and node_shards[2] == node_shards[3]
+        assert not node_shards[0] & node_shards[2]
+        assert sorted(u for ld in loaders for u in read_order(ld, e)) == sorted(row_groups(train))
+    assert loaders[0].order(0) == shard_order(3, 1, 0, node=0, nodes=2)
+    with pytest.raises(DataError, match="3 shards cannot feed 4 nodes"):
+        TokenLoader(train, tokenizer, 2, 64, rank=0, world_size=4, local_world_size=1)
+    starved = TokenLoader(train, tokenizer, 2, 64, rank=5, world_size=6)  # 3 row groups per shard, 6 ranks
+    with pytest.raises(DataError, match="rank 5 gets no row group of 3 shards"):
+        starved.next_batch()
+    starved_once = TokenLoader(train[:1], tokenizer, 2, 64, rank=5, world_size=6, loop=False)  # validation
+    with pytest.raises(DataError, match="rank 5 gets no row group of 1 shards"):
+        starved_once.next_batch()
 
 
 def test_one_pass_and_epochs(corpus, tokenizer):
@@ -174,7 +199,7 @@ def test_resume_is_exact(corpus, tokenizer):
 def test_resume_at_row_group_boundary(corpus, tokenizer, delta):
     train = split_shards(corpus)[0][:1]
     probe = TokenLoader(train, tokenizer, 1, 1, seed=2)
-    T = len(unit_tokens(tokenizer, train, probe.order(0)[0])) + delta  # batch 1 ends at/near the boundary
+    T = len(unit_tokens(tokenizer, train, read_order(probe, 0)[0])) + delta  # batch 1 ends at/near the boundary
     loader = TokenLoader(train, tokenizer, 1, T, seed=2)
     loader.next_batch()
     state = loader.state_dict()

@@ -239,22 +239,34 @@ def test_plan_names_a_dataset_it_cannot_reach(hub, tmp_path):
 
 
 def test_a_cpu_run_trains_on_a_hub_dataset_end_to_end(hub, tmp_path, corpus):
-    """The trainer, started by `nanolaunch run`, lists and fetches a dataset from the loopback Hub, trains on
-    it, and the ledger records the dataset with its commit; a run on other data says so; a promoted preset pins it."""
+    """The trainer, started by `nanolaunch run`, lists and streams a dataset from the loopback Hub, trains on
+    it, and the ledger records the dataset with its commit; the tokenizer is trained once for that commit,
+    vocabulary and character budget; a run on other data says so; a promoted preset pins it."""
     from conftest import tiny_preset
 
     repo = hub.add("tests/e2e", {f"data/train-{i}.parquet": p.read_bytes() for i, p in enumerate(corpus)})
     home = tmp_path / "home"
     (home / "presets").mkdir(parents=True)
-    (home / "presets" / "tiny.toml").write_text(tiny_preset(10))
+    (home / "presets" / "tiny.toml").write_text(tiny_preset(10, tokenizer_chars=300_000))
     r = nl(home, "run", "--preset", "tiny", "--data", "tests/e2e", "--title", "hub", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     row = json.loads(r.stdout)
     assert row["status"] == "ok" and row["val_bpb"] is not None
     assert row["data"] == f"tests/e2e@{repo.sha}"
     cache = home / "cache" / "data" / "tests--e2e"
-    # ten steps of 512 tokens need one training file of the three; the last file is held out for validation
+    # ten steps of 512 tokens need one training file of the three (the tokenizer's 300,000 characters come from
+    # the first); the last file is held out for validation
     assert sorted(p.name for p in (cache / "data").glob("*.parquet")) == ["train-0.parquet", "train-3.parquet"]
+    tokenizer = cache / f"tokenizer_{repo.sha[:12]}_v512_c300000"
+    assert "tokenizer: trained 512 tokens" in (home / "runs" / f"{row['id']:05d}" / "train.log").read_text()
+    assert (tokenizer / "tokenizer.json").is_file()
+    planned = json.loads(nl(home, "plan", "--preset", "tiny", "--data", "tests/e2e", "--json").stdout)["tokenizer"]
+    assert planned["reused"] and planned["path"] == str(tokenizer)  # the plan says which
+    again = nl(home, "run", "--preset", "tiny", "--data", "tests/e2e", "--iterations", "2", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (home / "runs" / f"{json.loads(again.stdout)['id']:05d}" / "train.log").read_text()
+    assert "tokenizer: trained" not in log
+    assert f"tokenizer: {tokenizer} (trained by an earlier run on this data)" in log
     assert nl(home, "run", "--preset", "tiny", "--title", "stdlib", "--json").returncode == 0
     table = nl(home, "ledger").stdout
     assert f"e2e@{repo.sha[:7]}" in table and "stdlib" in table

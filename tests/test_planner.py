@@ -122,16 +122,23 @@ def test_the_trainer_fetches_the_shards_the_plan_counts(preset, hub, monkeypatch
         hub.add(fineweb.REPO, {f"shard_{i:05d}.parquet": blob.getvalue() for i in range(fineweb.SHARDS_TOTAL)})
     config = presets.load(preset).config.replace(shards=None, data_dir=str(tmp_path))
     plan = planner.plan(config)
-    fetched = []
+    from trainer import stream
+    fetched, streamed = [], []
 
-    def fetch(listing, paths, data_dir, **kw):
+    def fetch(listing, paths, data_dir, **kw):  # the validation file, fetched before training
         fetched.extend(paths)
+        return []
+
+    def stream_files(self, listing, files, data_dir, **kw):  # the training files, streamed while training
+        streamed.extend(files)
         raise RuntimeError("recorded")  # nothing to download here: what was asked for is the test
 
     monkeypatch.setattr(hub_data, "fetch", fetch)
+    monkeypatch.setattr(stream.Stream, "__init__", stream_files)
     with pytest.raises(RuntimeError, match="recorded"):
         dataset.prepare(config.train, DistEnv(), plan["tokens"])
-    assert len(fetched) == plan["shards"] and fetched[-1] == "shard_01822.parquet"
+    assert fetched == ["shard_01822.parquet"] and len(streamed) + 1 == plan["shards"]
+    fetched = streamed + fetched
     assert fetched[:-1] == [f"shard_{i:05d}.parquet" for i in range(plan["shards"] - 1)]
     if preset == "h100x8_d34":
         assert plan["shards"] == 1775

@@ -26,8 +26,9 @@ def every_setting_changed(tmp_path) -> dict:
         final_lr_frac=0.1, eval_every=2, eval_tokens=1024, checkpoint_every=2, keep_checkpoints=3, seed=7,
         device="cpu", dtype="fp32", compile=False, fused_loss=False, threads=1, data="synthetic", shards=3,
         data_config="sample-10BT", data_split="validation", text_column="content", data_revision="v1.2",
-        val_shard=5, tokenizer_chars=1000,
-        run_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), tokenizer_dir=str(tmp_path / "tok"),
+        val_shard=5, tokenizer_chars=1000, fetch_ahead=2, keep_data=True,
+        run_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), store_dir=str(tmp_path / "store"),
+        tokenizer_dir=str(tmp_path / "tok"),
         resume=True, probe=2, probe_data="real", max_cost=100.0, price_per_hour=0.5, memory_limit_gib=8.0,
         wandb_project="nl-settings-test", run_name="every-setting")
     defaults = TrainConfig(depth=1)

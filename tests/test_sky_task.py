@@ -12,16 +12,16 @@ from nanolaunch.backends import skypilot
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.backends.local import environment, free_port
-from nanolaunch.task import STORE, RunOptions, render, store_paths, to_yaml
+from nanolaunch.task import NODE_DATA, STORE, RunOptions, placement, render, to_yaml
 from trainer.settings import data_slug
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cloud_task(config: RunConfig, managed: bool) -> dict:
-    run_dir, data_dir = store_paths(7, data_slug(config.train))
-    return render(config.replace(run_dir=run_dir, data_dir=data_dir),
-                  RunOptions(bucket="nl-test-bucket", managed=managed), name="nl-7")
+    place = placement(config, "00007", managed=managed, bucket="nl-test-bucket")
+    return render(config.replace(run_dir=place.run_dir, data_dir=place.data_dir, store_dir=place.store_dir),
+                  place.opts, name="nl-7")
 
 
 BUILT_IN = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "presets")) if f.endswith(".toml"))
@@ -49,6 +49,10 @@ def test_every_preset_task_validates_with_skypilot(name, sky_home):
                     assert resources.autostop_config.idle_minutes == 10 and resources.autostop_config.down
             assert list(built.storage_mounts) == [STORE]
             assert built.envs["NL_RUN_DIR"] == f"{STORE}/runs/00007"
+            slug = data_slug(config.train)  # shards on the node's disk; listing and tokenizer in the bucket
+            assert (built.envs["NL_DATA_DIR"], built.envs["NL_STORE_DIR"]) == (f"{NODE_DATA}/{slug}",
+                                                                               f"{STORE}/data/{slug}")
+            assert built.envs["NL_KEEP_DATA"] == "0"  # deleted once read: the node's disk dies with it
             assert "WANDB_API_KEY" not in to_yaml(task).replace("WANDB_API_KEY: null", "")
 
 
@@ -69,7 +73,9 @@ def test_yaml_command_prints_a_task_sky_launch_accepts(sky_home):
     assert {c["accelerators"] for c in task["resources"]["any_of"]} == {"H100:8"}
     assert "runpod" not in {c["infra"] for c in task["resources"]["any_of"]}
     assert task["num_nodes"] == 2
-    assert task["file_mounts"] == {STORE: {"name": "my-bucket", "mode": "MOUNT_CACHED"}}
+    assert task["file_mounts"] == {STORE: {"name": "my-bucket", "mode": "MOUNT_CACHED",
+                                           "config": {"mount_cached": {"vfs_cache_max_size": "59G"}}}}
+    assert task["resources"]["disk_size"] == 150  # the plan's disk line for d34 on 8×H100
     assert task["envs"]["NL_DEPTH"] == "34" and task["envs"]["NL_DEVICE_BATCH"] == "4"
     skypilot.to_task(task)
 
@@ -114,3 +120,21 @@ def test_the_default_bucket_is_this_installations_own(tmp_path, monkeypatch):
     assert default_bucket() != first and len(first) <= 63
     monkeypatch.setenv("NANOLAUNCH_BUCKET", "My_Bucket")
     assert default_bucket() == "my-bucket"
+
+
+def test_the_task_asks_for_the_plans_disk_and_bounds_the_bucket_cache(sky_home):
+    """plan d34 --ratio 40 on 8×H100: the disk plan's size is the task's disk_size on every candidate node, and
+    the bucket mount's rclone cache is bounded to the plan's figure, as SkyPilot itself reads the YAML."""
+    from nanolaunch.planner import plan
+
+    config = RunConfig.build(depth=34, ratio=40, gpu="H100:8")
+    disk = plan(config)["disk"]
+    assert disk["asked"] and disk["disk_size_gb"] % 10 == 0 and disk["disk_size_gb"] >= disk["need_gb"] * 1.2
+    assert 18 < disk["checkpoint_gb"] < 20  # the issue's "about 19 GB each for d34"
+    place = placement(config, "00007", bucket="nl-test-bucket", disk=disk)
+    task = render(config.replace(run_dir=place.run_dir, data_dir=place.data_dir, store_dir=place.store_dir),
+                  place.opts, name="nl-7")
+    built = skypilot.to_task(yaml.safe_load(to_yaml(task)))
+    assert {r.disk_size for r in built.resources} == {disk["disk_size_gb"]}
+    mount = built.storage_mounts[STORE]
+    assert "--vfs-cache-max-size {}G".format(disk["cache_gb"]) in mount.mount_cached_config.to_rclone_flags()

@@ -99,6 +99,78 @@ def test_a_trainer_that_fails_is_recorded_with_its_exit_code_and_log_tail(home):
     assert f"nl-{row['id']}" not in slurm_jobs()
 
 
+def test_the_trainers_own_exit_code_reaches_the_ledger_through_torchrun(home):
+    """Trainers that exit 130, 4 and 3 without a result line (one probe sweep: one cluster, three jobs, the exit
+    code chosen by the job's device batch): torchrun exits 1 and SkyPilot's epilogue says 1; each row still
+    records the trainer's own code, read from torchrun's failure summary."""
+    codes = {1: (130, "cancelled"), 2: (4, "over_budget"), 4: (3, "oom")}
+    wrapper = home / "shared" / "exits"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(f"""#!/bin/bash
+if [ "$2" = torch.distributed.run ]; then
+  args=(); for a in "$@"; do [ "$a" = trainer.train ] && a=exiting_trainer; args+=("$a"); done
+  case "$NL_DEVICE_BATCH" in 1) code=130;; 2) code=4;; *) code=3;; esac
+  PYTHONPATH={REPO / "tests"} NL_TEST_EXIT=$code exec {sys.executable} "${{args[@]}}"
+fi
+exec {sys.executable} "$@"
+""")
+    wrapper.chmod(0o755)
+    r = nl(home, "dry", "--preset", "slurm_tiny", "--infra", INFRA, "--batch", "1,2,4", "--iters", "3", "--json",
+           NANOLAUNCH_NODE_PYTHON=wrapper)
+    probes = json.loads(r.stdout)
+    assert [p["device_batch"] for p in probes] == [1, 2, 4], r.stderr[-3000:]
+    for p in probes:
+        code, status = codes[p["device_batch"]]
+        assert p["status"] == status and p["error"].startswith(f"exit {code}: "), p
+    assert not {p["cluster"] for p in probes} & set(slurm_jobs())
+
+
+def test_a_hub_dataset_streams_onto_slurm_and_training_starts_before_the_fetch_ends(home, hub, tmp_path):
+    """The loopback Hub serves 12 files through a 1 MB/s link (HF_ENDPOINT travels to the node with the task):
+    the first step comes before the last training file is sent, and the second run on the same data trains no
+    tokenizer."""
+    from trainer.corpus import build_stdlib_corpus
+
+    paths = build_stdlib_corpus(tmp_path / "many", n_shards=12, docs_per_row_group=4, max_chars=1_200_000)
+    hub.add("tests/slurm-stream", {f"data/train-{i:02d}.parquet": p.read_bytes() for i, p in enumerate(paths)})
+    (home / "presets" / "slurm_hub.toml").write_text(tiny_preset(
+        150, threads=1, data="tests/slurm-stream", shards=12, fetch_ahead=1, tokenizer_chars=200_000,
+        seq_len=64, device_batch=8, total_batch=512))
+    hub.rate = 1_000_000
+    try:
+        r = nl(home, "run", "--preset", "slurm_hub", "--infra", INFRA, "--title", "slurm hub", "--json")
+    finally:
+        hub.rate = None
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(r.stdout)
+    log = (home / "runs" / f"{row['id']:05d}" / "train.log").read_text()
+    steps = [json.loads(x[x.index("{"):]) for x in log.splitlines() if '"event": "step"' in x]
+    training = [t for p, t in hub.sent.items() if p.startswith("data/train-") and p != "data/train-11.parquet"]
+    assert steps and len(training) > 2
+    assert steps[0]["time"] < max(training)  # training began while files were still coming
+    assert "tokenizer: trained" in log
+    again = nl(home, "run", "--preset", "slurm_hub", "--infra", INFRA, "--iterations", "3", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (home / "runs" / f"{json.loads(again.stdout)['id']:05d}" / "train.log").read_text()
+    assert "tokenizer: trained" not in log and "trained by an earlier run on this data" in log
+
+
+def test_no_script_copy_on_the_node_holds_a_secret_after_the_run(home):
+    """SkyPilot writes envs and secrets into the setup and run scripts it leaves on the node; the run command
+    unlinks this run's copies (docs/cloud.md, "Secrets")."""
+    import glob
+    import secrets as random
+
+    secret = f"wandb-{random.token_hex(8)}"
+    r = nl(home, "run", "--preset", "slurm_tiny", "--infra", INFRA, "--title", "slurm secret", "--json",
+           WANDB_API_KEY=secret)
+    assert r.returncode == 0, r.stderr[-3000:]
+    places = ["/tmp/sky_setup_*", "/tmp/sky_app_*", *(f"{h}/.sky/sky_app/sky_job_*" for h in {Path.home(), "/root"})]
+    holding = [f for pattern in places for f in glob.glob(pattern)
+               if Path(f).is_file() and secret.encode() in Path(f).read_bytes()]
+    assert not holding
+
+
 def test_a_probe_sweep_runs_every_batch_on_one_cluster(home):
     r = nl(home, "dry", "--preset", "slurm_tiny", "--infra", INFRA, "--batch", "2,4", "--iters", "3", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -139,8 +211,13 @@ def test_ctrl_c_mid_run_stops_the_trainer_and_leaves_no_cluster(home):
     assert row["ended_at"] is not None and f"nl-{row['id']}" not in slurm_jobs()
     events = [e["kind"] for e in json.loads(nl(home, "show", row["id"], "--json").stdout)["events"]]
     assert events.index("cancel") < events.index("down")  # the job is cancelled before its cluster goes
-    # Slurm ends a cancelled step outright (the trainer gets no chance to checkpoint): what it saved is kept
-    assert (home / "shared" / "runs" / f"{row['id']:05d}" / "checkpoints").is_dir()
+    # Slurm ends a cancelled step outright (the trainer gets no chance to checkpoint): what it saved is kept,
+    # and the ledger names the checkpoint that outlived the teardown
+    kept = [e["detail"] for e in json.loads(nl(home, "show", row["id"], "--json").stdout)["events"]
+            if e["kind"] == "checkpoint_kept"]
+    assert len(kept) == 1 and kept[0].startswith("step "), kept
+    step = int(kept[0].split()[1].rstrip(":"))
+    assert (home / "shared" / "runs" / f"{row['id']:05d}" / "checkpoints" / f"step_{step:06d}").is_dir()
 
 
 def test_the_trainer_stops_itself_at_the_budget(tmp_path):

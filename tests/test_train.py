@@ -150,3 +150,19 @@ def test_budget_ends_over_budget_with_a_checkpoint(tmp_path):
     result = of(events, "result")[0]
     assert result["status"] == "over_budget" and of(events, "checkpoint")[-1]["step"] == result["steps"]
     assert result["total_wall_seconds"] * 3.6 / 3600 >= 0.001
+
+
+@pytest.mark.parametrize("code,status", [(3, "oom"), (4, "over_budget"), (130, "cancelled")])
+def test_torchrun_hands_the_trainers_own_exit_code_to_the_launcher(tmp_path, code, status):
+    """torchrun exits 1 whatever its worker's code; trainer_exit_code reads the worker's from torchrun's failure
+    summary (real torchrun output here), and EXIT_STATUS maps it to the status the trainer would have reported."""
+    from nanolaunch.backends.local import free_port
+    from trainer.events import EXIT_STATUS, trainer_exit_code
+
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
+                          str(free_port()), "-m", "exiting_trainer"], capture_output=True, text=True,
+                         env={**os.environ, "NL_TEST_EXIT": str(code), "PYTHONPATH": str(Path(__file__).parent)},
+                         timeout=300)
+    assert out.returncode == 1
+    assert trainer_exit_code(out.stdout + out.stderr) == code and EXIT_STATUS[code] == status
+    assert trainer_exit_code("no summary here") is None

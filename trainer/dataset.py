@@ -1,7 +1,9 @@
-"""What a run trains and evaluates on: shards fetched or built, the tokenizer, and the loaders.
+"""What a run trains and evaluates on: shards built, found or streamed, the tokenizer, and the loaders.
 
-Rank 0 of each node fetches or builds the shards; rank 0 trains the tokenizer when it is missing and
-sends its files to every rank (nodes need not share a disk). Synthetic data needs neither.
+Rank 0 of each node builds the shards, or fetches a Hub dataset's validation file and streams its training
+files while training (trainer/stream.py). The tokenizer is kept in the store per dataset commit, vocabulary
+and character budget: rank 0 trains it only when the store has none, and sends its files to every rank
+(nodes need not share a disk). Synthetic data needs neither.
 """
 from __future__ import annotations
 
@@ -12,18 +14,19 @@ from pathlib import Path
 
 from trainer import fineweb
 from trainer.common import DistEnv, SyntheticLoader, barrier, log
-from trainer.settings import SettingError, TrainConfig, data_kind
+from trainer.settings import SettingError, TrainConfig, data_kind, tokenizer_name
 
 
 @dataclass
 class Dataset:
     synthetic: bool
-    train_paths: list[Path] = field(default_factory=list)
+    train: object = None  # trainer.data.Shards (all on disk) or trainer.stream.Stream (fetched while training)
     val_paths: list[Path] = field(default_factory=list)
     tokenizer: object = None  # trainer.tokenizer.Tokenizer; None for synthetic data
     chars_per_token: float | None = None  # measured on the validation text
     column: str = "text"  # the text column of parquet shards
     described: str = ""  # the data as the ledger records it: a Hub dataset with its commit, a folder, stdlib
+    train_chars: float | None = None  # characters in the training shards, where known before reading them
 
     def loader(self, cfg: TrainConfig, env: DistEnv, *, grad_accum: int, threads: int, state: dict | None = None):
         """The endless training stream of this rank, from `state` when resuming."""
@@ -31,12 +34,12 @@ class Dataset:
             return SyntheticLoader(cfg.vocab_size, cfg.device_batch, cfg.seq_len, rank=env.rank,
                                    world_size=env.world_size, grad_accum=grad_accum, seed=cfg.seed, state=state)
         from trainer.data import TokenLoader
-        return TokenLoader(self.train_paths, self.tokenizer, cfg.device_batch, cfg.seq_len, rank=env.rank,
-                           world_size=env.world_size, seed=cfg.seed, state=state, threads=threads,
-                           column=self.column)
+        return TokenLoader(self.train, self.tokenizer, cfg.device_batch, cfg.seq_len, rank=env.rank,
+                           world_size=env.world_size, local_world_size=env.local_world_size, seed=cfg.seed,
+                           state=state, threads=threads, column=self.column)
 
     def val_loader(self, cfg: TrainConfig, env: DistEnv, *, threads: int):
-        """One pass over the validation shard, the same batches for every evaluation."""
+        """One pass over the validation shard, the same batches for every evaluation; all ranks share it."""
         if self.synthetic:
             return SyntheticLoader(cfg.vocab_size, cfg.device_batch, cfg.seq_len, rank=env.rank,
                                    world_size=env.world_size, seed=cfg.seed, split="val")
@@ -48,19 +51,28 @@ class Dataset:
         """UTF-8 bytes of every token, for val_bpb (synthetic tokens count one byte each)."""
         return [1] * vocab_size if self.synthetic else self.tokenizer.token_bytes()
 
+    def close(self) -> None:
+        if hasattr(self.train, "close"):
+            self.train.close()
+
+    def failed(self) -> str | None:
+        """A fetch that failed on this node (the loop stops every rank with a checkpoint)."""
+        return self.train.failed() if hasattr(self.train, "failed") else None
+
 
 def prepare(cfg: TrainConfig, env: DistEnv, tokens: int) -> Dataset:
-    """The shards and tokenizer this run needs, fetched, built or trained where missing."""
+    """The shards and tokenizer this run needs: built, found, or (a Hub dataset) fetched while training."""
     kind = data_kind(cfg.data)
     if kind == "synthetic" or (cfg.probe and cfg.probe_data == "synthetic"):
         log("data: synthetic (arithmetic progressions mod vocab; 1 byte per token)")
         return Dataset(synthetic=True)
-    from trainer.data import build_stdlib_corpus, list_shards, split_shards
+    from trainer.data import Shards, build_stdlib_corpus, list_shards, split_shards
 
-    data_dir = Path(cfg.data_dir)
-    column, described = "text", cfg.data
+    data_dir = Path(cfg.data_dir).expanduser()
+    store_dir = Path(cfg.store_dir).expanduser() if cfg.store_dir else data_dir
     if kind == "hub":
-        train_paths, val_paths, column, described = _from_hub(cfg, env, tokens, data_dir)
+        data, first_files = _from_hub(cfg, env, tokens, data_dir, store_dir)
+        tok_name = tokenizer_name(cfg, data.described.rsplit("@", 1)[-1])
     else:
         if kind == "stdlib":
             if env.local_rank == 0:
@@ -69,24 +81,29 @@ def prepare(cfg: TrainConfig, env: DistEnv, tokens: int) -> Dataset:
                 log(f"data: standard-library corpus in {data_dir} ({time.time() - t0:.1f}s)")
             barrier()
         train_paths, val_paths = split_shards(list_shards(data_dir if kind == "stdlib" else cfg.data))
-    log(f"data: {described}: {len(train_paths)} training shards, validation: {val_paths[0].name}")
-    data = Dataset(False, train_paths, val_paths, column=column, described=described)
-    data.tokenizer = _tokenizer(cfg, env, data, data_dir)
+        data = Dataset(False, Shards(train_paths), val_paths, described=cfg.data)
+        first_files = lambda: iter(train_paths)  # noqa: E731
+        tok_name = tokenizer_name(cfg)
+        log(f"data: {data.described}: {len(train_paths)} training shards, validation: {val_paths[0].name}")
+    tok_dir = Path(cfg.tokenizer_dir).expanduser() if cfg.tokenizer_dir else store_dir / tok_name
+    data.tokenizer = _tokenizer(cfg, env, data, tok_dir, first_files)
     _report_size(data, tokens)
     return data
 
 
-def _from_hub(cfg: TrainConfig, env: DistEnv, tokens: int, data_dir: Path):
-    """(train paths, val paths, text column, description with the commit) of a Hub dataset; rank 0 of each
-    node lists and fetches, the other ranks read its listing after the barrier."""
+def _from_hub(cfg: TrainConfig, env: DistEnv, tokens: int, data_dir: Path, store_dir: Path):
+    """(the dataset, its training files in the listing's order fetched one by one: for the tokenizer). Rank 0
+    of each node lists the source (kept in the store) and fetches the validation file; the training files come
+    while training (trainer/stream.py)."""
     from trainer import hub
+    from trainer.stream import Stream
 
     source = hub.Source.of(cfg)
     if env.local_rank == 0:
-        listing = hub.facts(source, data_dir, val_index=cfg.val_shard)
+        listing = hub.facts(source, store_dir, val_index=cfg.val_shard, data_dir=data_dir)
     barrier()
     if env.local_rank != 0:
-        listing = hub.facts(source, data_dir, val_index=cfg.val_shard)  # kept by rank 0: no Hub call
+        listing = hub.facts(source, store_dir, val_index=cfg.val_shard)  # kept by rank 0: no Hub call
     plan = fineweb.plan_shards(tokens, files=len(listing.train) + 1, chars_per_shard=listing.chars_per_shard,
                                shards=cfg.shards)
     n = plan["shards"]
@@ -97,32 +114,53 @@ def _from_hub(cfg: TrainConfig, env: DistEnv, tokens: int, data_dir: Path):
     if plan["epochs"] > 1:
         log(f"data: {listing.describe} has too little text for one epoch: {plan['epochs']:.2f} epochs at "
             f"{fineweb.CHARS_PER_TOKEN_RANGE[1]:g} chars/token")
-    wanted = listing.train[:n - 1] + [listing.val]
+    files = listing.train[:n - 1]
+    node, nodes = env.rank // env.local_world_size, env.world_size // env.local_world_size
+    keep = cfg.keep_data or plan["epochs"] > 1
     if env.local_rank == 0:
-        log(f"data: fetching {n} files of {listing.describe} into {data_dir} (validation: {listing.val}, "
-            f"{listing.val_from})")
+        Stream.reset(data_dir, node)
         t0 = time.time()
-        hub.fetch(listing, wanted, data_dir)
-        log(f"data: ready in {time.time() - t0:.1f}s")
+        hub.fetch(listing, [listing.val], data_dir)
+        log(f"data: {listing.describe}: validation {listing.val} ({listing.val_from}) in {time.time() - t0:.1f}s; "
+            f"{len(files)} training files streamed into {data_dir}, {cfg.fetch_ahead} ahead of the one read, "
+            f"{'kept' if keep else 'deleted once read'}")
     barrier()
-    paths = [hub.shard_path(listing, p, data_dir) for p in wanted]
-    return paths[:-1], paths[-1:], hub.text_column(listing), listing.describe
+    stream = Stream(listing, files, data_dir, seed=cfg.seed, node=node, nodes=nodes, local_rank=env.local_rank,
+                    local_world_size=env.local_world_size, ahead=cfg.fetch_ahead, keep=keep)
+
+    def first_files():
+        """The training files in the listing's order, each fetched when the tokenizer reaches it; unless the
+        data is kept, each is deleted once read (the stream fetches it again when its turn comes)."""
+        for path in listing.train:
+            yield from hub.fetch(listing, [path], data_dir, workers=1)
+            if not keep:
+                hub.shard_path(listing, path, data_dir).unlink(missing_ok=True)
+                (data_dir / path).unlink(missing_ok=True)
+
+    column = hub.text_column(listing)
+    data = Dataset(False, stream, [hub.shard_path(listing, listing.val, data_dir)], column=column,
+                   described=listing.describe, train_chars=listing.chars_per_shard * len(files))
+    return data, first_files
 
 
-def _tokenizer(cfg: TrainConfig, env: DistEnv, data: Dataset, data_dir: Path):
+def _tokenizer(cfg: TrainConfig, env: DistEnv, data: Dataset, tok_dir: Path, first_files):
+    """The run's tokenizer: from the store when one was trained for this data, vocabulary and character budget,
+    else trained by rank 0 on the first training files (in the listing's order) and kept there for later runs."""
     import torch.distributed as dist
 
     from trainer.data import iter_documents
     from trainer.tokenizer import META_FILE, RANKS_FILE, Tokenizer, chars_per_token, train_tokenizer
 
-    tok_dir = Path(cfg.tokenizer_dir or data_dir / f"tokenizer_{cfg.vocab_size}")
-    if env.master and not (tok_dir / META_FILE).is_file():
-        t0 = time.time()
-        tok = train_tokenizer(iter_documents(data.train_paths, column=data.column), cfg.vocab_size,
-                              max_chars=cfg.tokenizer_chars)
-        tok.save(tok_dir)
-        log(f"tokenizer: trained {tok.vocab_size:,} tokens on ≤{cfg.tokenizer_chars:,} chars in "
-            f"{time.time() - t0:.1f}s → {tok_dir}")
+    if env.master:
+        if (tok_dir / META_FILE).is_file():
+            log(f"tokenizer: {tok_dir} (trained by an earlier run on this data)")
+        else:
+            t0 = time.time()
+            docs = (d for path in first_files() for d in iter_documents([path], column=data.column))
+            tok = train_tokenizer(docs, cfg.vocab_size, max_chars=cfg.tokenizer_chars)
+            tok.save(tok_dir)
+            log(f"tokenizer: trained {tok.vocab_size:,} tokens on ≤{cfg.tokenizer_chars:,} chars in "
+                f"{time.time() - t0:.1f}s → {tok_dir} (later runs on this data reuse it)")
     if env.distributed:  # nodes without a shared disk get rank 0's files
         files = [None]
         if env.master:
@@ -150,15 +188,18 @@ def _tokenizer(cfg: TrainConfig, env: DistEnv, data: Dataset, data_dir: Path):
 
 
 def _report_size(data: Dataset, tokens: int) -> None:
-    """Characters in the training shards from parquet metadata (≈ bytes), so a second epoch shows."""
+    """Characters in the training shards (the listing's size, or parquet metadata: ≈ bytes), so a second
+    epoch shows."""
     from trainer.hub import shard_chars
 
-    try:
-        chars = sum(shard_chars(p, data.column) if p.suffix == ".parquet" else p.stat().st_size
-                    for p in data.train_paths)
-    except Exception:
-        return
+    chars = data.train_chars
+    if chars is None:
+        try:
+            chars = sum(shard_chars(p, data.column) if p.suffix == ".parquet" else p.stat().st_size
+                        for p in data.train.paths)
+        except Exception:
+            return
     have = chars / data.chars_per_token
     epochs = tokens / have if have else float("inf")
-    log(f"data size: ≈{chars:,} chars ≈ {have:,.0f} tokens in training shards; the run needs {tokens:,} "
+    log(f"data size: ≈{chars:,.0f} chars ≈ {have:,.0f} tokens in training shards; the run needs {tokens:,} "
         f"({epochs:.2f} epochs{'' if epochs <= 1 else ': the data repeats'})")

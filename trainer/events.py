@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -19,6 +20,16 @@ EXIT_CODES = {"ok": 0, "crashed": 1, "oom": 3, "over_budget": 4, "cancelled": 13
 EXIT_STATUS = {code: status for status, code in EXIT_CODES.items()}
 USAGE_EXIT = 2  # settings that cannot run: one line on stderr
 RESULT_NAME = "result.json"
+# torchrun exits 1 whenever a worker fails; its failure summary names the first failed worker's own code:
+#   Root Cause (first observed failure):  …  exitcode  : 3 (pid: 2085)
+_ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def trainer_exit_code(log_text: str) -> int | None:
+    """The trainer's own exit code from torchrun's failure summary in a run's log (the last one: a recovered
+    run may have failed before), or None when torchrun printed none. Negative: killed by that signal."""
+    found = _ROOT_CAUSE.findall(log_text)
+    return int(found[-1]) if found else None
 
 
 def _clean(value):

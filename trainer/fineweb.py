@@ -13,6 +13,8 @@ REPO = "karpathy/fineweb-edu-100b-shuffle"
 SHARDS_TOTAL = 1823
 CHARS_PER_SHARD = 250_000_000
 CHARS_FROM = "nanolaunch's record (trainer/fineweb.py)"  # where CHARS_PER_SHARD comes from, as plans say
+BYTES_PER_SHARD = 100_000_000  # a shard's parquet file on disk
+BYTES_FROM = "nanochat's speedrun.sh: each shard is ~100MB of text (compressed)"
 CHARS_PER_TOKEN_RANGE = (3.5, 5.0)
 
 

@@ -79,6 +79,7 @@ class Listing:
     chars_per_shard: float | None = None
     chars_from: str | None = None
     val_index: int | None = None  # the val_shard setting this listing was made with
+    bytes_per_shard: float | None = None  # the training files' mean size on the Hub (the disk a shard takes)
 
     @property
     def parquet(self) -> bool:
@@ -153,8 +154,10 @@ def list_files(source: Source, *, val_index: int | None = None) -> Listing:
     if not train:
         raise DataError(f"dataset {source.describe()} has one file in split {source.split!r}: nothing left to "
                         "train on after holding one out for validation")
+    sizes = [i.size for i in infos if i.path in set(train) and i.size]
     listing = Listing(source, sha, train, val, val_from, format=builder.info.builder_name,
-                      sha256={i.path: i.lfs.sha256 if i.lfs else None for i in infos}, val_index=val_index)
+                      sha256={i.path: i.lfs.sha256 if i.lfs else None for i in infos}, val_index=val_index,
+                      bytes_per_shard=sum(sizes) / len(sizes) if sizes else None)
     split = (builder.info.splits or {}).get(source.split)
     if source.repo == fineweb.REPO and source.config is None:
         listing.chars_per_shard, listing.chars_from = fineweb.CHARS_PER_SHARD, fineweb.CHARS_FROM
@@ -322,11 +325,13 @@ def shard_chars(path, column: str) -> int:
     return sum(md.row_group(i).column(col).total_uncompressed_size for i in range(md.num_row_groups))
 
 
-def facts(source: Source, data_dir, *, val_index: int | None = None) -> Listing:
-    """The listing with characters per shard, from data_dir/dataset.json when it is for this source, else
-    from the Hub (measuring the first training shard if nothing says its size), then kept there."""
-    data_dir = Path(data_dir)
-    kept = data_dir / LISTING_FILE
+def facts(source: Source, store_dir, *, val_index: int | None = None, data_dir=None) -> Listing:
+    """The listing with characters per shard, from store_dir/dataset.json when it is for this source, else
+    from the Hub (measuring the first training shard, fetched into data_dir, if nothing says its size), then
+    kept there."""
+    store_dir = Path(store_dir)
+    data_dir = Path(data_dir) if data_dir is not None else store_dir
+    kept = store_dir / LISTING_FILE
     if kept.is_file():
         try:
             listing = Listing.from_json(kept.read_text())
@@ -339,7 +344,7 @@ def facts(source: Source, data_dir, *, val_index: int | None = None) -> Listing:
         [first] = fetch(listing, listing.train[:1], data_dir)
         listing.chars_per_shard = float(shard_chars(first, text_column(listing)))
         listing.chars_from = f"measured on {listing.train[0]}"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    store_dir.mkdir(parents=True, exist_ok=True)
     tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
     tmp.write_text(listing.to_json())
     os.replace(tmp, kept)

@@ -69,6 +69,12 @@ def data_slug(cfg) -> str:
     return kind
 
 
+def tokenizer_name(cfg, commit: str | None = None) -> str:
+    """The folder in the store of the tokenizer a config trains: one per dataset commit (Hub data), vocabulary and
+    character budget, so a later run on the same data reuses it."""
+    return "_".join(["tokenizer", *([commit[:12]] if commit else []), f"v{cfg.vocab_size}", f"c{cfg.tokenizer_chars}"])
+
+
 def setting(default: Any, help: str, group: str, *, check=None, choices: tuple = (), per_run: bool = False):
     """A field of TrainConfig. `per_run`: where and how this one run happens (paths, probe, budget,
     logging), set by the launcher for each run; the rest is the recipe that presets and the ledger keep."""
@@ -131,13 +137,18 @@ class TrainConfig:
                                  "needs)", "data", check=at_least_two)
     val_shard: int | None = setting(None, "Hub dataset: index of the held-out file (unset: the validation split, "
                                     "else the last file)", "data", check=at_least_zero)
-    tokenizer_chars: int = setting(2_000_000_000, "characters for tokenizer training", "data", check=positive)
+    tokenizer_chars: int = setting(2_000_000_000, "characters for tokenizer training (the first training files, in "
+                                   "order)", "data", check=positive)
+    fetch_ahead: int = setting(4, "Hub dataset: shards fetched ahead of the one being read", "data", check=positive)
     # this run: set by the launcher for each run
     run_dir: str = setting("run", "checkpoints, result.json", "run", per_run=True)
-    data_dir: str = setting("data", "fetched or built shards and the tokenizer go here", "data",
-                            per_run=True)
-    tokenizer_dir: str | None = setting(None, "unset: DATA_DIR/tokenizer_VOCAB; trained there if missing", "data",
-                                        per_run=True)
+    data_dir: str = setting("data", "fetched or built shards go here (a node's own disk)", "data", per_run=True)
+    store_dir: str | None = setting(None, "kept across runs: the dataset listing and tokenizers (unset: DATA_DIR)",
+                                    "data", per_run=True)
+    keep_data: bool = setting(False, "Hub dataset: keep shards once read (off: deleted when every rank of the "
+                              "node is past them, unless the run repeats its data)", "data", per_run=True)
+    tokenizer_dir: str | None = setting(None, "unset: STORE_DIR/tokenizer_<commit>_v<VOCAB>_c<CHARS>; trained there "
+                                        "if missing", "data", per_run=True)
     resume: bool = setting(False, "continue from the newest complete checkpoint in run_dir, if any", "run",
                            per_run=True)
     probe: int | None = setting(None, "time N steps: no eval, no checkpoints", "run", check=positive, per_run=True)

@@ -44,6 +44,7 @@ class Run:
         self.wall_before = 0.0  # wall seconds of earlier segments of a resumed run
         self.steps = 0
         self.loss = self.val_bpb = self.gzip_bpb = None
+        self.error = None  # why a run that did not crash stopped early (a failed data fetch)
         self.device_name = self.machine = None  # what ran it; machine: the CPU's key (trainer/hardware.py)
         self.data = None  # what it trained on: a Hub dataset with its commit, a folder, stdlib or synthetic
         self.step_ms: list[float] = []
@@ -149,7 +150,7 @@ def train(cfg: TrainConfig, run: Run) -> str:
     log(f"peak dense bf16: {f'{run.peak / 1e12:g} TFLOP/s per device' if run.peak else 'unknown (MFU reported as null)'}")
 
     # -- data, model, optimizers, resume ---------------------------------------------------------------------
-    data = prepare(cfg, env, tokens)
+    run.dataset = data = prepare(cfg, env, tokens)
     run.data = "synthetic" if data.synthetic else data.described
     if cfg.memory_limit_gib:
         log(common.limit_memory(cfg.memory_limit_gib, device))
@@ -316,8 +317,10 @@ def train(cfg: TrainConfig, run: Run) -> str:
         # one small collective per step: the mean loss, and whether any rank must stop
         over_budget = (env.master and cfg.max_cost is not None and cfg.price_per_hour
                        and run.wall() * cfg.price_per_hour / 3600 >= cfg.max_cost)
+        fetch_error = data.failed()  # a shard ahead could not be fetched: stop while the data lasts
         flags = torch.stack([loss_sum / grad_accum, torch.tensor(float(Stop.requested), device=device),
-                             torch.tensor(float(bool(over_budget)), device=device)])
+                             torch.tensor(float(bool(over_budget)), device=device),
+                             torch.tensor(float(fetch_error is not None), device=device)])
         if env.distributed:
             dist.all_reduce(flags)
         flags = flags.tolist()
@@ -327,9 +330,14 @@ def train(cfg: TrainConfig, run: Run) -> str:
         run.step_ms.append(dt * 1000)
         _log_step(run, iterations, dt, lrm, train_loader, wandb)
         last = run.steps == iterations
-        stop, broke = flags[1] > 0, flags[2] > 0
-        if evaluating and (last or (cfg.eval_every > 0 and run.steps % cfg.eval_every == 0)) and not (stop or broke):
+        stop, broke, starved = flags[1] > 0, flags[2] > 0, flags[3] > 0
+        if evaluating and (last or (cfg.eval_every > 0 and run.steps % cfg.eval_every == 0)) and not (
+                stop or broke or starved):
             evaluate()
+        if starved:
+            status, run.error = "crashed", fetch_error or "a data fetch failed on another node (its log says which)"
+            log(f"{run.error}: stopping after step {run.steps} with a checkpoint")
+            break
         if stop or broke:
             status = "cancelled" if stop else "over_budget"
             log(f"{'stop requested' if stop else f'budget of ${cfg.max_cost:g} reached'} after step {run.steps}")
@@ -403,7 +411,7 @@ def main(argv=None) -> int:
     run_dir = cfg.run_dir if master else None
     try:
         status = train(cfg, run)
-        record = run.summary(status)
+        record = run.summary(status, run.error)
         _reduce_peak_memory(run, record)
         from trainer.common import log
         log(f"result: {status} | steps {run.steps} | val_bpb {run.val_bpb} | loss {run.loss} | "
@@ -439,9 +447,9 @@ def main(argv=None) -> int:
 
 def _close(run: Run) -> bool:
     """Release the loader and the process group; True when this was a distributed run."""
-    loader = getattr(run, "train_loader", None)
-    if loader is not None:
-        loader.close()
+    for part in (getattr(run, "train_loader", None), getattr(run, "dataset", None)):
+        if part is not None:
+            part.close()
     import torch.distributed as dist
     if not dist.is_initialized():
         return False

@@ -22,7 +22,7 @@ from nanolaunch.ledger import Ledger
 from nanolaunch.planner import data_dir
 from nanolaunch.runs import LOG_NAME, RESULT_NAME, read_result, run_dir
 from nanolaunch.task import REPO, RunOptions, render, single_node_env
-from trainer.events import EXIT_STATUS
+from trainer.events import EXIT_STATUS, trainer_exit_code
 from trainer.settings import ENV_PREFIX
 
 POLL_SECONDS = 0.2
@@ -128,9 +128,12 @@ def run_task(task: dict, run_dir: Path, *, gpus_per_node: int = 1,
         if buffer:
             state.feed(buffer)
     result = read_result(run_dir / RESULT_NAME) or state.result or {}
-    status = result.get("status") or ("cancelled" if cancelled else EXIT_STATUS.get(proc.returncode, "crashed"))
+    code = proc.returncode  # torchrun's 1 for any failure: the trainer's own code is in its summary
+    if code == 1:
+        code = trainer_exit_code(log_path.read_text(errors="replace")) or code
+    status = result.get("status") or ("cancelled" if cancelled else EXIT_STATUS.get(code, "crashed"))
     if status == "crashed" and not result.get("error"):
-        result = {**result, "error": f"exit {proc.returncode}: {tail(log_path, 3)}"}
+        result = {**result, "error": f"exit {code}: {tail(log_path, 3)}"}
     return Outcome(status, result, state, proc.returncode)
 
 

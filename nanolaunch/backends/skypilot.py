@@ -28,7 +28,7 @@ from nanolaunch.launch import Display, LiveRow, Request, derived, for_run, open_
 from nanolaunch.ledger import Ledger
 from nanolaunch.runs import LOG_NAME, run_dir
 from nanolaunch.task import placement, render
-from trainer.events import EXIT_STATUS
+from trainer.events import EXIT_STATUS, trainer_exit_code
 
 PREFIX = "nl-"  # every cluster and managed job nanolaunch starts is named nl-<run id>
 # sky.exceptions.JobExitCode: what tail_logs returns, the job's state and never its exit code
@@ -207,12 +207,17 @@ def stop_gracefully(ledger: Ledger, run_id: int, cluster: str, job_id: int, foll
     tail(cluster, job_id, sink, last_lines=1)  # what is new: not the whole log again
 
 
+UPLOAD_TIMEOUT_S = 1800  # the longest a teardown waits for the bucket mount to upload the last checkpoint
+
+
 def down(cluster: str) -> bool:
-    """Tear `cluster` down; False when there was nothing to tear down."""
+    """Tear `cluster` down once the bucket mount has uploaded what the trainer wrote (SkyPilot's graceful
+    teardown: cancel the jobs, flush rclone's cache on every node); False when there was nothing to tear down."""
     sky = sdk()
     with errors(f"tearing down {cluster}"):
         try:
-            sky.stream_and_get(sky.down(cluster), output_stream=sys.stderr)
+            sky.stream_and_get(sky.down(cluster, graceful=True, graceful_timeout=UPLOAD_TIMEOUT_S),
+                               output_stream=sys.stderr)
         except sky.exceptions.ClusterDoesNotExist:
             return False
     return True
@@ -366,9 +371,9 @@ class Follower:
 
 def dryrun(req: Request, plan: dict) -> dict:
     """The run's task, validated by SkyPilot, and the instance SkyPilot's optimizer picks for it."""
-    remote_run, remote_data, opts = placement(req.config, "dryrun", managed=req.recovered)
-    config = for_run(req, plan, run_dir=remote_run, data_dir=remote_data)
-    task = render(config, opts, name=f"{PREFIX}dryrun")
+    place = placement(req.config, "dryrun", managed=req.recovered, disk=plan["disk"])
+    config = for_run(req, plan, run_dir=place.run_dir, data_dir=place.data_dir, store_dir=place.store_dir)
+    task = render(config, place.opts, name=f"{PREFIX}dryrun")
     chosen = optimize(to_task(task))
     return {"name": task["name"], "nodes": task["num_nodes"], "accelerators": req.config.gpu,
             "skypilot": chosen, "plan": {k: plan[k] for k in ("usd_per_hour", "price_source", "wall_hours", "cost_usd")}}
@@ -388,7 +393,7 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
     Each row is finished when its job ends, except the last, which also pays for the teardown. `stop`
     sees the rows so far after each job (the last one still open) and ends the sweep early."""
     ledger = ledger or Ledger()
-    ids, cluster, last, price = [], None, None, None
+    ids, cluster, last, price, follower = [], None, None, None, None
     try:
         for i, req in enumerate(reqs):
             if last is not None:
@@ -433,7 +438,8 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
                 break
     finally:
         if cluster is not None:  # however the sweep ended: never leave a GPU billing
-            _down(ledger, ids[-1], cluster)
+            saved = follower.state.checkpoints if follower is not None else []
+            _down(ledger, ids[-1], cluster, kept=saved[-1] if saved else None)
         if last is not None:
             ledger.finish(*last)
     return [ledger.get(i) for i in ids]
@@ -489,18 +495,19 @@ class Reattached(Follower):
             return
         status, result = _outcome(self, code)
         if not row["managed"]:
-            _down(self.ledger, self.run_id, row["cluster"])
+            _down(self.ledger, self.run_id, row["cluster"],
+                  kept=self.state.checkpoints[-1] if self.state.checkpoints else None)
         self.ledger.finish(self.run_id, status, result)
 
 
 def _prepare(ledger: Ledger, run_id: int, req: Request, plan: dict, managed: bool):
     """Fill the task for this run, keep a copy with its log, and build what follows its output."""
-    remote_run, remote_data, opts = placement(req.config, f"{run_id:05d}", managed=managed)
-    config = for_run(req, plan, run_dir=remote_run, data_dir=remote_data)
-    task = render(config, opts, name=f"{PREFIX}{run_id}")
+    place = placement(req.config, f"{run_id:05d}", managed=managed, disk=plan["disk"])
+    config = for_run(req, plan, run_dir=place.run_dir, data_dir=place.data_dir, store_dir=place.store_dir)
+    task = render(config, place.opts, name=f"{PREFIX}{run_id}")
     folder = run_dir(run_id)
     write_task(folder, task, config)
-    ledger.update(run_id, run_dir=remote_run, log_path=str(folder / LOG_NAME))
+    ledger.update(run_id, run_dir=place.run_dir, log_path=str(folder / LOG_NAME))
     display = Display(run_id, req, plan)
     follower = Follower(ledger, run_id, display)
     return to_task(task, secrets_from_env()), follower, LogSink(folder / LOG_NAME, follower)
@@ -513,6 +520,11 @@ def _outcome(follower: Follower, code: int | None) -> tuple[str, dict]:
     if state.result is not None:
         return state.result["status"], dict(state.result)
     job = follower.job_exit_code
+    if job == 1:  # torchrun's code for any failed worker: the trainer's own is in torchrun's summary
+        try:
+            job = trainer_exit_code(follower.log_path.read_text(errors="replace")) or job
+        except OSError:
+            pass
     if follower.setup_exit_code is not None:
         status, why = "crashed", f"setup failed (exit {follower.setup_exit_code})"
     elif job is not None:
@@ -549,7 +561,8 @@ def _partial(state: RunState) -> dict:
     return {"val_bpb": state.val_bpb, "steps": state.last_step["step"] if state.last_step else None}
 
 
-def _down(ledger: Ledger, run_id: int | None, cluster: str) -> None:
+def _down(ledger: Ledger, run_id: int | None, cluster: str, kept: dict | None = None) -> None:
+    """Tear down, and say in the ledger which checkpoint (`kept`: the run's last checkpoint event) outlived it."""
     try:
         existed = down(cluster)
     except Exception as e:  # noqa: BLE001 -- teardown must be tried, and its failure said, never hidden
@@ -559,3 +572,6 @@ def _down(ledger: Ledger, run_id: int | None, cluster: str) -> None:
         return
     if run_id is not None:
         ledger.add_event(run_id, "down", cluster if existed else f"{cluster} (never came up)")
+        if kept is not None:
+            ledger.add_event(run_id, "checkpoint_kept", f"step {kept['step']}: {kept['path']} (in the store; "
+                                                        "uploaded before the teardown)")

@@ -44,9 +44,9 @@ def yaml(
                              data_split=data_split, text_column=text_column)
     plan = derived(config, chosen)  # the same validation as plan: a batch that cannot divide fails here
     req = Request("run", config, chosen, managed=managed)
-    run_dir, data_dir, opts = placement(config, name, managed=req.recovered, bucket=bucket)
-    config = for_run(req, plan, run_dir=run_dir, data_dir=data_dir)
-    out.emit(render(config, opts, name=f"nl-{name}"), as_json, lambda task: sys.stdout.write(to_yaml(task)))
+    place = placement(config, name, managed=req.recovered, bucket=bucket, disk=plan["disk"])
+    config = for_run(req, plan, run_dir=place.run_dir, data_dir=place.data_dir, store_dir=place.store_dir)
+    out.emit(render(config, place.opts, name=f"nl-{name}"), as_json, lambda task: sys.stdout.write(to_yaml(task)))
 
 
 def status(as_json: JsonOpt = False) -> None:

@@ -164,6 +164,13 @@ def render(p: dict) -> None:
             f"{p['chars_per_shard']:,.0f} chars per shard ({p['chars_from']}); {repeats}")
     else:
         row("data", p["config"]["data"], "")
+    tok = p["tokenizer"]
+    if tok and tok["reused"]:
+        row("tokenizer", f"reused: {tok['path']}", "trained by an earlier run on this data, vocabulary and budget")
+    elif tok:
+        files = f" (the first {tok['files']:,} files)" if tok["files"] else ""
+        row("tokenizer", f"trained before step 0 on ≤{tok['chars']:,} chars{files}",
+            f"kept in the store as {tok['name']}: later runs on this data reuse it")
     m = p["memory"]
     colour = {"fits": "green", "probe first": "yellow", "does not fit": "red"}[p["verdict"]]
     span = (f"{p['peak_memory_gib']:.1f}" if p["peak_memory_high_gib"] == p["peak_memory_gib"] else
@@ -183,6 +190,10 @@ def render(p: dict) -> None:
     if p["price_source_spot"]:
         row("spot", f"{out.usd(p['usd_per_hour_spot'])}/h" + (uses if p["spot"] else ""), p["price_source_spot"])
     row("cost", f"{out.usd(p['cost_usd'])} on-demand · {out.usd(p['cost_usd_spot'])} spot", "")
+    d = p["disk"]
+    row("disk", f"{d['disk_size_gb']:,} GB per node" + ("" if d["asked"] else " (asked of a cloud only)"),
+        " + ".join(f"{x['term']} {x['gb']:,.0f}" for x in d["terms"]) + f" GB, + {d['margin']:.0%} margin; "
+        f"the bucket mount's cache is bounded to {d['cache_gb']} GB")
     within = p["search"]["within"]
     if p["search"]["searched"]:
         c.print(f"[bold]chosen[/]: {_describe(within['chosen'])} — {within['why']}")
