@@ -111,7 +111,10 @@ def test_ctrl_c_cancels_cleanly(home):
     env = {**os.environ, "NANOLAUNCH_HOME": str(home)}
     launcher = subprocess.Popen([sys.executable, "-m", "nanolaunch.cli", "run", "--preset", "tiny_long", "--title",
                                  "interrupted", "--project", "cancel"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # ^ a shell that started the tests in the background (`cmd &`) made them ignore SIGINT, and an ignored
+    #   signal stays ignored across exec: Ctrl-C must reach the launcher as it does from a terminal
     assert wait_until_stepping(home, "interrupted", launcher) is not None
     launcher.send_signal(signal.SIGINT)
     assert launcher.wait() != 0
