@@ -86,6 +86,10 @@ MIGRATIONS: list[tuple[str, str]] = [
                                                            -- after running out of memory before its first update)
         ALTER TABLE runs ADD COLUMN peak_reserved_gib REAL;  -- CUDA: max_memory_reserved (peak_memory_gib: allocated)
     """),
+    ("007_removed", """
+        ALTER TABLE runs ADD COLUMN removed_at REAL;       -- `ledger rm`: out of tables, totals and calibration;
+                                                           -- kept, with the event that says why
+    """),
 ]
 
 COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "gpu", "gpu_count", "nodes", "status",
@@ -93,7 +97,7 @@ COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "g
            "tokens_per_second", "step_ms", "peak_memory_gib", "steps", "run_dir", "log_path", "result_path",
            "wandb_url", "git_commit", "error", "pid", "cluster", "sky_job_id", "managed", "recoveries", "step_ms_mean",
            "eval_seconds", "gzip_bpb", "device_name", "machine", "data", "device_batch",
-           "peak_reserved_gib")
+           "peak_reserved_gib", "removed_at")
 JSON_COLUMNS = ("config", "plan")
 
 
@@ -104,7 +108,11 @@ def default_path() -> Path:
 class Ledger:
     def __init__(self, path: Path | None = None):
         self.path = Path(path or default_path())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise NanolaunchError(f"cannot create {self.path.parent} for the ledger (NANOLAUNCH_HOME): "
+                                  f"{e.strerror or e}") from None
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.db.row_factory = sqlite3.Row
@@ -198,11 +206,30 @@ class Ledger:
         return _decode(row)
 
     def rows(self, project: str | None = None) -> list[dict]:
+        """The rows not removed with `ledger rm`, oldest first."""
         if project is None:
-            cur = self.db.execute("SELECT * FROM runs ORDER BY id")
+            cur = self.db.execute("SELECT * FROM runs WHERE removed_at IS NULL ORDER BY id")
         else:
-            cur = self.db.execute("SELECT * FROM runs WHERE project = ? ORDER BY id", (project,))
+            cur = self.db.execute("SELECT * FROM runs WHERE removed_at IS NULL AND project = ? ORDER BY id",
+                                  (project,))
         return [_decode(r) for r in cur]
+
+    def correct(self, run_id: int, why: str, **fields) -> None:
+        """Change a finished row by hand, and say so in its events: what changed from what, and why."""
+        row = self.get(run_id)
+        if row["status"] == "running":
+            raise NanolaunchError(f"run #{run_id} is still running: correct it once it has ended")
+        changes = {k: v for k, v in fields.items() if row[k] != v}
+        if not changes:
+            return
+        detail = ("out of tables, totals and calibration" if "removed_at" in changes else
+                  "; ".join(f"{k} {row[k]!r} → {v!r}" for k, v in changes.items()))
+        with self._write():
+            names, values = self._encode(changes)
+            self.db.execute(f"UPDATE runs SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?", (*values, run_id))
+            self.db.execute("INSERT INTO run_events (run_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+                            (run_id, time.time(), "edited" if "removed_at" not in changes else "removed",
+                             f"{detail}{f' ({why})' if why else ''}"))
 
     def events(self, run_id: int) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT at, kind, detail FROM run_events WHERE run_id = ? ORDER BY id",

@@ -23,6 +23,44 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         render(data)
 
 
+def check_output_path(path, flag: str):
+    """Before any work: a file to write must be in an existing folder and not be a folder itself."""
+    from pathlib import Path
+
+    from nanolaunch.errors import NanolaunchError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise NanolaunchError(f"{flag} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise NanolaunchError(f"{flag} {path}: the folder {path.parent} does not exist")
+    return path
+
+
+def write_file(path, write: Callable[[Any], None] | str, flag: str) -> None:
+    """Write a file whole or not at all: `write(tmp_path)` (or the text) into a temporary file beside it, then
+    renamed over it; an OS error is one line naming the flag, and no temporary file stays behind."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from nanolaunch.errors import NanolaunchError
+
+    path = check_output_path(path, flag)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        if isinstance(write, str):
+            Path(tmp).write_text(write)
+        else:
+            write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise NanolaunchError(f"{flag} {path}: {e.strerror or e}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def error(message: str) -> None:
     from rich.markup import escape
 

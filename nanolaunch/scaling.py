@@ -128,8 +128,9 @@ def write_plot(points: list[dict], law: Fit, chosen: dict | None, path: Path) ->
     ax.set_ylabel("val_bpb")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    from nanolaunch.output import write_file
+
+    try:
+        write_file(path, lambda tmp: fig.savefig(tmp, format="png"), "--plot")
+    finally:
+        plt.close(fig)

@@ -43,6 +43,14 @@ def fraction(v):
     return None if 0 <= v <= 1 else "must be between 0 and 1"
 
 
+def vocab(v):
+    return None if 257 <= v < float("inf") else "must be at least 257 (256 bytes + the BOS token)"
+
+
+def ratio(v):
+    return None if 0 < v <= 10_000 else "must be positive and at most 10,000 tokens per parameter"
+
+
 def at_least_two(v):
     return None if v >= 2 else "must be at least 2 (one shard is held out for validation)"
 
@@ -87,7 +95,7 @@ class TrainConfig:
     # model
     depth: int | None = setting(None, "layers; model_dim = 64·depth (required)", "model", check=positive)
     vocab_size: int = setting(DEFAULT_VOCAB, "tokenizer and model vocabulary, special tokens included", "model",
-                              check=positive)
+                              check=vocab)
     seq_len: int = setting(DEFAULT_SEQ_LEN, "tokens per sequence", "model", check=positive)
     head_dim: int = setting(DEFAULT_HEAD_DIM, "head width; heads = ⌈model_dim / head_dim⌉", "model", check=positive)
     # batch and horizon
@@ -96,7 +104,7 @@ class TrainConfig:
                                "batch", check=positive)
     iterations: int | None = setting(None, "horizon: optimizer steps (at most one horizon)", "batch", check=positive)
     ratio: float | None = setting(None, f"horizon: tokens = ratio × params ({DEFAULT_RATIO:g} when none is given)",
-                                  "batch", check=positive)
+                                  "batch", check=ratio)
     target_flops: float | None = setting(None, "horizon: training FLOPs = flops_per_token × tokens", "batch",
                                          check=positive)
     # optimizer

@@ -1,6 +1,7 @@
 """`nanolaunch yaml`, `status`, `down RUN` and `logs RUN`: the SkyPilot side of runs."""
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import Annotated, Optional
@@ -14,6 +15,16 @@ from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, D
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import Ledger, pid_alive
+
+
+def _plain_name(flag: str):
+    """A folder or bucket name goes into paths and shell commands on the node: letters, digits, . _ - only."""
+    def check(value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
+            raise typer.BadParameter(f"{flag} must be 1–63 letters, digits, '.', '_' or '-', starting with a letter "
+                                     f"or digit, got {value!r}")
+        return value
+    return check
 
 
 def yaml(
@@ -31,8 +42,9 @@ def yaml(
     nodes: NodesOpt = None,
     spot: SpotOpt = None,
     managed: ManagedOpt = False,
-    name: Annotated[str, typer.Option(help="Run folder name inside the bucket.")] = "manual",
-    bucket: Annotated[Optional[str], typer.Option(help="Bucket for checkpoints and data [env NANOLAUNCH_BUCKET].")] = None,
+    name: Annotated[str, typer.Option(help="Run folder name inside the bucket.", callback=_plain_name("--name"))] = "manual",
+    bucket: Annotated[Optional[str], typer.Option(help="Bucket for checkpoints and data [env NANOLAUNCH_BUCKET].",
+                                                  callback=_plain_name("--bucket"))] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the filled SkyPilot task: `sky launch` (or `sky jobs launch` with --spot or --managed) runs it by hand."""

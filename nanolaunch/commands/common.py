@@ -56,10 +56,32 @@ MaxHoursOpt = Annotated[Optional[float], typer.Option(
     "--max-hours", help="Choose no config estimated to take longer than this many hours.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Launch even what the plan says does not fit.")]
 # The ledger.
-TitleOpt = Annotated[str, typer.Option("--title", help="A title for the ledger: what this run is.")]
-ProjectOpt = Annotated[str, typer.Option("--project", help="Ledger project the run counts under.")]
+def label(flag: str, empty_ok: bool):
+    """A ledger label is one line of at most 200 printable characters (a table row, a CSV cell)."""
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip() and not empty_ok:
+            raise typer.BadParameter(f"{flag} must not be empty")
+        if len(value) > 200 or any(not ch.isprintable() for ch in value):
+            raise typer.BadParameter(f"{flag} must be one line of at most 200 printable characters")
+        return value
+    return check
+
+
+def _run_number(value: int) -> int:
+    if not 1 <= value < 2**63:
+        raise typer.BadParameter(f"no run #{value}: run numbers are 1 or more, as in `nanolaunch ledger`")
+    return value
+
+
+TitleOpt = Annotated[str, typer.Option("--title", help="A title for the ledger: what this run is.",
+                                       callback=label("--title", empty_ok=True))]
+ProjectOpt = Annotated[str, typer.Option("--project", help="Ledger project the run counts under.",
+                                         callback=label("--project", empty_ok=False))]
 ProjectFilterOpt = Annotated[Optional[str], typer.Option("--project", help="Only rows of this ledger project.")]
-RunArg = Annotated[int, typer.Argument(help="Run number, as in `nanolaunch ledger`.", show_default=False)]
+RunArg = Annotated[int, typer.Argument(help="Run number, as in `nanolaunch ledger`.", show_default=False,
+                                       callback=_run_number)]
 # Output.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text for people.")]
 
@@ -97,7 +119,10 @@ def resolve(model: str | None, preset_name: str | None, **overrides) -> tuple[Ru
         changes = {"data_config": None, "data_revision": None, "shards": None, "val_shard": None, **changes,
                    **data_settings(changes["data"])}
     if model is not None:
-        changes["depth"] = parse_model(model)
+        depth = parse_model(model)
+        if changes.get("depth", depth) != depth:
+            raise NanolaunchError(f"{model} and --depth {changes['depth']} disagree: give one of them")
+        changes["depth"] = depth
     if any(k in changes for k in ("ratio", "iterations", "target_flops")):
         changes = {"ratio": None, "iterations": None, "target_flops": None, **changes}
     if chosen is None and "depth" not in changes:
@@ -118,6 +143,19 @@ def fixed_by(gpu: str | None, batch: int | None, nodes: int | None, preset: pres
     if preset is not None or gpu is not None or batch is not None:
         return Fixed(config.accelerator.name, config.gpus_per_node, config.nodes, config.train.device_batch)
     return Fixed(nodes=nodes)
+
+
+def check_range(flag: str, value: float | None, low: float, high: float = float("inf"), *,
+                low_open: bool = False) -> None:
+    """A number a user typed: finite and within [low, high] ((low, high] with low_open), or one line naming it."""
+    import math
+
+    if value is None:
+        return
+    inside = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not inside:
+        bounds = f"{'(' if low_open else '['}{low:g}, {'∞)' if high == float('inf') else f'{high:g}]'}"
+        raise NanolaunchError(f"{flag} must be a finite number in {bounds}, got {value:g}")
 
 
 def check_limits(max_cost: float | None = None, max_hours: float | None = None, **more: float | None) -> None:

@@ -12,7 +12,8 @@ import typer
 
 from nanolaunch import output as out
 from nanolaunch.commands.common import (BatchOpt, GpuOpt, JsonOpt, ModelArg, PresetOpt, ProjectFilterOpt, ProjectOpt,
-                                        TitleOpt, resolve)
+                                        RunArg, TitleOpt, check_range, label, resolve)
+
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import FINISHED, Ledger
 from nanolaunch.runs import reconcile
@@ -22,7 +23,7 @@ app = typer.Typer(help="The ledger of runs and probes.", invoke_without_command=
 EXPORT_COLUMNS = ("id", "project", "title", "kind", "status", "preset", "gpu", "gpu_count", "nodes", "backend",
                   "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb",
                   "gzip_bpb", "mfu", "tokens_per_second", "step_ms", "step_ms_mean", "eval_seconds", "peak_memory_gib", "steps",
-                  "device_batch", "depth", "run_dir", "cluster", "managed", "recoveries", "wandb_url", "git_commit", "device_name", "machine",
+                  "device_batch", "planned_device_batch", "depth", "run_dir", "cluster", "managed", "recoveries", "wandb_url", "git_commit", "device_name", "machine",
                   "data", "error")
 RECENT = 30
 
@@ -47,6 +48,8 @@ def ledger(
     """Show the ledger: one row per run or probe, with totals per project."""
     if ctx.invoked_subcommand:
         return
+    if csv_file:
+        out.check_output_path(csv_file, "--csv")
     db = Ledger()
     reconcile(db)
     rows = [export_row(r) for r in db.rows(project)]
@@ -56,8 +59,8 @@ def ledger(
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS))
         writer.writeheader()
-        writer.writerows(rows)
-        _atomic_write(csv_file, buf.getvalue())
+        writer.writerows([{k: _cell(v) for k, v in r.items()} for r in rows])
+        out.write_file(csv_file, buf.getvalue(), "--csv")
         out.console(stderr=True).print(f"wrote {len(rows)} rows to {csv_file}")
         return
     if markdown:
@@ -66,10 +69,11 @@ def ledger(
     out.emit(rows, as_json, _render)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _cell(value):
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ (a formula) gets a leading quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _cells(r: dict) -> list[str]:
@@ -156,8 +160,11 @@ def add(
         raise NanolaunchError(f"--kind must be run or dry, got {kind!r}")
     if status not in FINISHED:
         raise NanolaunchError(f"--status must be one of {', '.join(FINISHED)}, got {status!r}")
-    if wall_minutes < 0 or (cost is not None and cost < 0):
-        raise NanolaunchError("--wall-minutes and --cost must not be negative")
+    check_range("--wall-minutes", wall_minutes, 0)
+    check_range("--cost", cost, 0)
+    check_range("--val-bpb", val_bpb, 0, low_open=True)
+    check_range("--mfu", mfu, 0, 1, low_open=True)
+    check_range("--peak-memory-gib", peak_memory_gib, 0, low_open=True)
     config, chosen = resolve(model, preset, gpu=gpu, device_batch=batch)
     now = time.time()
     db = Ledger()
@@ -169,3 +176,45 @@ def add(
                     usd_per_hour=cost / (wall / 3600) if cost is not None and wall else None,
                     price_source="given with ledger add")
     out.emit(export_row(db.get(run_id)), as_json, lambda r: out.console().print(f"recorded run #{r['id']}"))
+
+
+WhyOpt = Annotated[str, typer.Option("--why", help="Why: kept with the change in the run's events.")]
+
+
+@app.command("edit")
+def edit(
+    run: RunArg,
+    title: Annotated[Optional[str], typer.Option("--title", help="A new title.",
+                                                 callback=label("--title", empty_ok=True))] = None,
+    project: Annotated[Optional[str], typer.Option("--project", help="Another project.",
+                                                   callback=label("--project", empty_ok=False))] = None,
+    cost: Annotated[Optional[float], typer.Option(help="$ it really cost.")] = None,
+    val_bpb: Annotated[Optional[float], typer.Option(help="Its val_bpb.")] = None,
+    why: WhyOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Correct a finished row (a title, its project, a cost from the bill); the change and why go into its events."""
+    check_range("--cost", cost, 0)
+    check_range("--val-bpb", val_bpb, 0, low_open=True)
+    changes = {k: v for k, v in dict(title=title, project=project, cost_usd=cost, val_bpb=val_bpb).items()
+               if v is not None}
+    if not changes:
+        raise NanolaunchError("nothing to change: give --title, --project, --cost or --val-bpb")
+    db = Ledger()
+    if cost is not None:  # the rate follows the cost, so totals and calibration agree with the bill
+        wall = db.get(run)["wall_seconds"]
+        changes["usd_per_hour"] = cost / (wall / 3600) if wall else None
+        changes["price_source"] = "corrected with ledger edit"
+    db.correct(run, why, **changes)
+    out.emit(export_row(db.get(run)), as_json, lambda r: out.console().print(f"run #{r['id']} corrected"))
+
+
+@app.command("rm")
+def remove(run: RunArg, why: WhyOpt = "", as_json: JsonOpt = False) -> None:
+    """Take a finished row out of the tables, totals and calibration; it stays in the file with the event
+    that says when and why (`show` still finds it)."""
+    db = Ledger()
+    if db.get(run)["removed_at"] is not None:
+        raise NanolaunchError(f"run #{run} was removed already")
+    db.correct(run, why, removed_at=time.time())
+    out.emit({"id": run, "removed": True}, as_json, lambda r: out.console().print(f"run #{run} removed"))

@@ -46,6 +46,8 @@ def plan(
     Without --gpu and --batch (and without a preset) the plan searches for the GPU, GPUs per node, nodes and
     batch: the cheapest config that fits on the clouds SkyPilot has enabled, and the alternatives."""
     check_limits(max_cost, max_hours, budget=budget)
+    if plot is not None:
+        out.check_output_path(plot, "--plot")
     if budget is not None or plot is not None:
         chosen_elsewhere = {"a model (dN)": model, "--preset": preset, "--ratio": ratio, "--iterations": iterations,
                             "--gpu": gpu, "--batch": batch, "--max-cost": max_cost}

@@ -177,6 +177,13 @@ def dry(
             probes.append((b, candidate))
         else:
             refused.append(b)
+    if refused and not probes:  # nothing left to probe: say what would run, not an empty table
+        from nanolaunch.search import largest_batch
+
+        fitting = largest_batch(config, "probe first")
+        hint = f"--batch {fitting} (the largest predicted to fit) or " if fitting else ""
+        raise NanolaunchError(f"batch {', '.join(map(str, refused))} predicted not to fit on {config.gpu}: try "
+                              f"{hint}--batch auto; --force probes it anyway")
     for b in refused:
         out.warn(f"batch {b} predicted not to fit: not probed (--force probes it anyway)")
     reqs = [Request("dry", candidate, chosen, project=project, probe=iters, memory_limit_gib=memory_limit_gib,

@@ -21,6 +21,8 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a run: config, plan, results and curves; --plot FILE writes the curves as a PNG."""
+    if plot:
+        out.check_output_path(plot, "--plot")
     db = Ledger()
     reconcile(db)
     row = db.get(run)
@@ -102,7 +104,7 @@ def write_plot(d: dict, path: Path) -> None:
     ax.set_title(f"run #{d['id']} {d['title'] or ''} ({d['status']})")
     ax.grid(alpha=0.3)
     ax.legend()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        out.write_file(path, lambda tmp: fig.savefig(tmp, format="png"), "--plot")
+    finally:
+        plt.close(fig)
