@@ -15,7 +15,7 @@ from pathlib import Path
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.presets import home
 
-STATUSES = ("running", "ok", "oom", "preempted", "crashed", "over_budget", "cancelled")
+STATUSES = ("running", "ok", "oom", "preempted", "crashed", "over_budget", "cancelled", "failed_to_launch")
 FINISHED = tuple(s for s in STATUSES if s != "running")
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -180,8 +180,11 @@ class Ledger:
         if result.get("error"):
             figures["error"] = str(result["error"])[:2000]
         rate = row["usd_per_hour"]
-        self.update(run_id, status=status, ended_at=ended, wall_seconds=wall, pid=None,
-                    cost_usd=None if rate is None else rate * wall / 3600, **figures, **fields)
+        cost = None if rate is None else rate * wall / 3600
+        if status == "failed_to_launch":  # SkyPilot got no machine: no time ran on one, nothing was billed
+            wall, cost = None, 0.0
+        self.update(run_id, status=status, ended_at=ended, wall_seconds=wall, pid=None, cost_usd=cost, **figures,
+                    **fields)
 
     def add_event(self, run_id: int, kind: str, detail: str = "") -> None:
         with self._write():

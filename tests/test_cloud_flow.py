@@ -128,13 +128,14 @@ def test_ctrl_c_cancels_a_managed_job(env, tmp_path, monkeypatch):
     assert Ledger().rows("cloud")[-1]["status"] == "cancelled"
 
 
-@pytest.mark.parametrize("error, words", [
-    ("NoCloudAccessError", "sky check"),
-    ("ResourcesUnavailableError", "no capacity"),
-    ("ResourcesUnavailableError:quota", "no quota"),
-    ("ClusterSetUpError", "during setup"),
+@pytest.mark.parametrize("error, words, status", [
+    ("NoCloudAccessError", "sky check", "failed_to_launch"),
+    ("ResourcesUnavailableError", "no capacity", "failed_to_launch"),
+    ("ResourcesUnavailableError:quota", "no quota", "failed_to_launch"),
+    ("ClusterSetUpError", "during setup", "crashed"),  # a machine was had, and billed, before setup failed
 ])
-def test_skypilot_errors_become_one_line(env, tmp_path, monkeypatch, sky_home, error, words):
+def test_skypilot_errors_become_one_line(env, tmp_path, monkeypatch, sky_home, error, words, status):
+    """...and a run that never got a machine is recorded as failed_to_launch, at $0 with no wall time."""
     import sky
 
     name, _, flavour = error.partition(":")
@@ -144,7 +145,11 @@ def test_skypilot_errors_become_one_line(env, tmp_path, monkeypatch, sky_home, e
         skypilot.run(request())
     assert words in str(caught.value) and "\n" not in str(caught.value)
     row = Ledger().rows("cloud")[-1]
-    assert row["status"] == "crashed" and words in row["error"]
+    assert row["status"] == status and words in row["error"]
+    if status == "failed_to_launch":
+        assert row["cost_usd"] == 0 and row["wall_seconds"] is None
+    else:
+        assert row["wall_seconds"] > 0 and row["cost_usd"] > 0
     assert names(fake) == ["launch", "down"]  # teardown is tried even when the launch failed
 
 

@@ -146,3 +146,13 @@ def test_the_local_backend_checkpoints_every_n_steps(home):
     log = open(os.path.join(json.loads(r.stdout)["run_dir"], "train.log")).read()
     steps = [json.loads(line)["step"] for line in log.splitlines() if line.startswith('{"event": "checkpoint"')]
     assert steps == [4, 8, 10]
+
+
+def test_a_gpu_config_run_here_costs_this_machines_rate(home):
+    """`run --local` of an H100 config trains on this machine: the row is priced at the local rate, not a cloud's."""
+    r = nl(home, "run", "--preset", "tiny", "--gpu", "H100:1", "--local", "--iterations", "2", "--json",
+           env={**os.environ, "NANOLAUNCH_LOCAL_USD_PER_HOUR": "1.5"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(r.stdout)
+    assert row["usd_per_hour"] == 1.5 and row["price_source"].startswith("this machine: local rate")
+    assert row["cost_usd"] == pytest.approx(1.5 * row["wall_seconds"] / 3600)

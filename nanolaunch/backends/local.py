@@ -18,6 +18,7 @@ from typing import Callable
 
 from nanolaunch.events import RunState
 from nanolaunch.launch import Display, LiveRow, Request, derived, for_run, open_row, write_task
+from nanolaunch import prices
 from nanolaunch.ledger import Ledger
 from nanolaunch.planner import data_dir
 from nanolaunch.runs import LOG_NAME, RESULT_NAME, read_result, run_dir
@@ -47,6 +48,9 @@ def run_local(req: Request, ledger: Ledger | None = None) -> dict:
     """Runs on this machine; returns the finished ledger row."""
     ledger = ledger or Ledger()
     plan = derived(req.config, req.preset, probe=req.probe is not None)
+    if not req.config.on_cpu:  # a GPU config run here (--local) costs this machine's rate, not a cloud's
+        rate, source = prices.local_rate()
+        plan = {**plan, "usd_per_hour": rate, "price_source": f"this machine: {source}"}
     # pid: ours until the trainer starts, so a live pid keeps reconcile away
     run_id = open_row(ledger, req, plan, "local", nodes=1, pid=os.getpid())
     folder = run_dir(run_id)

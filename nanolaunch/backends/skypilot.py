@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from nanolaunch import output as out
-from nanolaunch.errors import NanolaunchError
+from nanolaunch.errors import NanolaunchError, NotLaunched
 from nanolaunch.events import RunState
 from nanolaunch.launch import Display, LiveRow, Request, derived, for_run, open_row, write_task
 from nanolaunch.ledger import Ledger
@@ -88,27 +88,27 @@ def errors(what: str):
             yield
     except exc.NoCloudAccessError as e:
         if "storage" in str(e).lower():  # compute clouds enabled (Lambda, RunPod) but none that keeps a bucket
-            raise NanolaunchError(f"{what}: the run keeps its checkpoints and data in a bucket, and no enabled cloud "
+            raise NotLaunched(f"{what}: the run keeps its checkpoints and data in a bucket, and no enabled cloud "
                                   "has object storage; enable one (AWS, GCP, Azure, Cloudflare R2, ...) with "
                                   "`sky check`, or run on a Slurm cluster's shared filesystem with --infra "
                                   "slurm/NAME") from None
-        raise NanolaunchError(f"{what}: no cloud is enabled for SkyPilot; run `sky check` to set one up") from None
+        raise NotLaunched(f"{what}: no cloud is enabled for SkyPilot; run `sky check` to set one up") from None
     except exc.ResourcesUnavailableError as e:
         text = str(e).lower()
         if "quota" in text:
-            raise NanolaunchError(f"{what}: no quota for these GPUs in any region tried; request a quota increase "
+            raise NotLaunched(f"{what}: no quota for these GPUs in any region tried; request a quota increase "
                                   "or try another --gpu") from None
-        raise NanolaunchError(f"{what}: no capacity in any enabled region ({_first_line(e)}); retry later, "
+        raise NotLaunched(f"{what}: no capacity in any enabled region ({_first_line(e)}); retry later, "
                               "try another --gpu, or add --spot") from None
     except exc.ClusterSetUpError as e:
         raise NanolaunchError(f"{what}: the cluster failed during setup (a spot preemption during setup looks "
                               f"like this; rerun): {_first_line(e)}") from None
     except exc.ApiServerConnectionError:
-        raise NanolaunchError(f"{what}: cannot reach the SkyPilot API server; start it with `sky api start`") from None
+        raise NotLaunched(f"{what}: cannot reach the SkyPilot API server; start it with `sky api start`") from None
     except RuntimeError as e:  # e.g. no API server endpoint configured and a local one disabled
         if "API server" not in str(e):
             raise
-        raise NanolaunchError(f"{what}: {_first_line(e)}") from None
+        raise NotLaunched(f"{what}: {_first_line(e)}") from None
 
 
 def optimize(task) -> dict[str, Any]:
@@ -430,7 +430,9 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
                         last = (run_id, *_outcome(follower, None))
                 raise
             except Exception as e:  # noqa: BLE001 -- recorded, then raised as it was
-                last = (run_id, "crashed", {**_partial(follower.state), "error": str(e)})
+                # no machine was had: nothing ran, nothing is charged
+                status = "failed_to_launch" if isinstance(e, NotLaunched) and job_id is None else "crashed"
+                last = (run_id, status, {**_partial(follower.state), "error": str(e)})
                 raise
             finally:
                 sink.close()
@@ -475,6 +477,8 @@ def _managed(req: Request, ledger: Ledger) -> dict:
         raise
     except Exception as e:  # noqa: BLE001
         result = {**_partial(follower.state), "error": str(e)}
+        if isinstance(e, NotLaunched) and job_id is None:
+            status = "failed_to_launch"
         raise
     finally:
         sink.close()
