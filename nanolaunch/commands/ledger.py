@@ -10,12 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from nanolaunch import output as out
+from nanolaunch import output as out, table
 from nanolaunch.commands.common import (BatchOpt, GpuOpt, JsonOpt, ModelArg, PresetOpt, ProjectFilterOpt, ProjectOpt,
                                         RunArg, TitleOpt, check_range, label, resolve)
 
 from nanolaunch.errors import NanolaunchError
-from nanolaunch.ledger import FINISHED, Ledger
+from nanolaunch.ledger import FINISHED, STATUSES, Ledger
 from nanolaunch.runs import reconcile
 
 app = typer.Typer(help="The ledger of runs and probes.", invoke_without_command=True)
@@ -40,37 +40,69 @@ def export_row(r: dict) -> dict:
 def ledger(
     ctx: typer.Context,
     project: ProjectFilterOpt = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="Only runs (run) or probes (dry).")] = None,
+    status: Annotated[Optional[str], typer.Option("--status", help="Only rows with this outcome (ok, oom, …).")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Only rows on this GPU kind (H100, cpu, …).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Only rows whose data names this text.")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="Only rows started on or after this UTC day "
+                                                                 "(YYYY-MM-DD).")] = None,
+    sort: Annotated[Optional[str], typer.Option("--sort", help=f"Order by one of {', '.join(table.SORTABLE)}; "
+                                                               "a leading - sorts descending.")] = None,
     show_all: Annotated[bool, typer.Option("--all", help=f"Every row, not only the last {RECENT}.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Cost, wall time and val_bpb of finished runs on the "
+                                                            "same data, cheapest first, with gzip's figure.")] = False,
+    totals_only: Annotated[bool, typer.Option("--totals", help="Only the totals: per project and in all.")] = False,
     as_json: JsonOpt = False,
-    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write every selected row to this CSV file.")] = None,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table.")] = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write every selected row, and the total, to this "
+                                                                   "CSV file.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a markdown table, with the totals.")] = False,
 ) -> None:
-    """Show the ledger: one row per run or probe, with totals per project."""
+    """Show the ledger: one row per run or probe, filtered and sorted, with totals per project and in all."""
     if ctx.invoked_subcommand:
         return
+    if kind is not None and kind not in ("run", "dry"):
+        raise NanolaunchError(f"--kind must be run or dry, got {kind!r}")
+    if status is not None and status not in STATUSES:
+        raise NanolaunchError(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
     if csv_file:
         out.check_output_path(csv_file, "--csv")
     db = Ledger()
     reconcile(db)
-    rows = [export_row(r) for r in db.rows(project)]
-    if not show_all and not csv_file and not as_json:
-        rows = rows[-RECENT:]
+    rows = table.select([export_row(r) for r in db.rows(project)], kind=kind, status=status, gpu=gpu, data=data,
+                        since=since, sort=sort)
+    if compare:
+        return out.emit(table.compare(rows), as_json, _render_compare)
+    if totals_only:
+        return out.emit(table.totals(rows), as_json, _render_totals)
     if csv_file:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS))
         writer.writeheader()
-        writer.writerows([{k: _cell(v) for k, v in r.items()} for r in rows])
+        writer.writerows([{k: _cell(k, v) for k, v in r.items()} for r in rows])
+        everything = table.totals(rows)["all"]
+        writer.writerow({"id": "total", "wall_seconds": everything["wall_seconds"], "cost_usd": everything["cost_usd"],
+                         "val_bpb": everything["best_val_bpb"]})
         out.write_file(csv_file, buf.getvalue(), "--csv")
-        out.console(stderr=True).print(f"wrote {len(rows)} rows to {csv_file}")
+        out.console(stderr=True).print(f"wrote {len(rows)} rows and their total to {csv_file}")
         return
+    all_rows = rows
+    if not show_all and not as_json:
+        rows = rows[-RECENT:]
     if markdown:
-        _markdown(rows)
-        return
-    out.emit(rows, as_json, _render)
+        return _markdown(rows, table.totals(all_rows))
+    out.emit(rows, as_json, lambda shown: _render(shown, table.totals(all_rows)))
 
 
-def _cell(value):
-    """A CSV cell a spreadsheet shows as text: one starting with = + - @ (a formula) gets a leading quote."""
+TIMES = ("started_at", "ended_at")
+
+
+def _cell(column: str, value):
+    """A CSV cell as a spreadsheet should read it: times as ISO 8601 (UTC), and text starting with = + - @
+    (a formula) behind a quote."""
+    import datetime
+
+    if column in TIMES and value is not None:
+        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc).isoformat(timespec="seconds")
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
@@ -102,7 +134,7 @@ def _data(r: dict) -> str:
     return data if data.startswith("/") or not m else m[1] + (f"@{m[2]}" if m[2] else "") + m[3]
 
 
-def _render(rows: list[dict]) -> None:
+def _render(rows: list[dict], totals: dict) -> None:
     c = out.console()
     if not rows:
         c.print("the ledger is empty: try `nanolaunch run --preset cpu_demo --local`")
@@ -111,31 +143,47 @@ def _render(rows: list[dict]) -> None:
     for r in rows:
         t.add_row(*_cells(r))
     c.print(t)
-    totals = out.table("project", "runs", "probes", "wall", "cost", "best val_bpb", title="totals")
-    for project, s in _totals(rows).items():
-        totals.add_row(project, str(s["runs"]), str(s["probes"]), out.seconds(s["wall"]), out.usd(s["cost"]),
-                       out.num(s["best"], 3) if s["best"] is not None else "—")
     c.print()
-    c.print(totals)
+    _render_totals(totals)
 
 
-def _totals(rows: list[dict]) -> dict:
-    by = {}
+TOTALS_HEAD = ("project", "runs", "probes", "wall", "cost", "best val_bpb")
+
+
+def _total_cells(project: str, s: dict) -> list[str]:
+    return [project, str(s["runs"]), str(s["probes"]), out.seconds(s["wall_seconds"]), out.usd(s["cost_usd"]),
+            out.num(s["best_val_bpb"], 3) if s["best_val_bpb"] is not None else "—"]
+
+
+def _render_totals(totals: dict) -> None:
+    t = out.table(*TOTALS_HEAD, title="totals")
+    for project, s in totals.items():
+        t.add_row(*_total_cells("all projects" if project == "all" else project, s))
+    out.console().print(t)
+
+
+def _render_compare(rows: list[dict]) -> None:
+    c = out.console()
+    if not rows:
+        c.print("no finished run with a val_bpb to compare")
+        return
+    t = out.table("#", "title", "config", "data", "gpu", "val_bpb", "gzip -9", "wall", "cost", "",
+                  title="finished runs by data, cheapest first (→: no cheaper run on the same data did better)")
     for r in rows:
-        s = by.setdefault(r["project"], {"runs": 0, "probes": 0, "wall": 0.0, "cost": 0.0, "best": None})
-        s["runs" if r["kind"] == "run" else "probes"] += 1
-        s["wall"] += r["wall_seconds"] or 0
-        s["cost"] += r["cost_usd"] or 0
-        if r["val_bpb"] is not None and r["kind"] == "run":
-            s["best"] = r["val_bpb"] if s["best"] is None else min(s["best"], r["val_bpb"])
-    return by
+        t.add_row(str(r["id"]), r["title"] or "", _config(r), _data(r), f"{r['gpu_count'] or 1}×{r['gpu']}",
+                  out.num(r["val_bpb"], 4), out.num(r["gzip_bpb"], 4) if r["gzip_bpb"] is not None else "—",
+                  out.seconds(r["wall_seconds"]), out.usd(r["cost_usd"]), "→" if r["frontier"] else "")
+    c.print(t)
 
 
-def _markdown(rows: list[dict]) -> None:
-    print("| " + " | ".join(HEAD) + " |")
-    print("|" + "---|" * len(HEAD))
-    for r in rows:
-        print("| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |")
+def _markdown(rows: list[dict], totals: dict) -> None:
+    for head, lines in ((HEAD, [_cells(r) for r in rows]),
+                        (TOTALS_HEAD, [_total_cells("all projects" if p == "all" else p, s) for p, s in totals.items()])):
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for cells in lines:
+            print("| " + " | ".join(x.replace("|", "/") for x in cells) + " |")
+        print()
 
 
 @app.command("add")
