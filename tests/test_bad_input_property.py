@@ -31,9 +31,10 @@ NUMBERS = {
              "--total-batch": False, "--vocab": False, "--shards": False, "--mfu": False, "--max-cost": False,
              "--max-hours": False, "--depth": False},
     "run": {"--ratio": False, "--iterations": False, "--batch": False, "--nodes": False, "--max-cost": False,
-            "--max-hours": False},
-    "dry": {"--iters": False, "--memory-limit-gib": False},
-    "yaml": {"--ratio": False, "--iterations": False, "--batch": False, "--nodes": False},
+            "--max-hours": False, "--seq": False, "--total-batch": False, "--vocab": False},
+    "dry": {"--iters": False, "--memory-limit-gib": False, "--seq": False, "--total-batch": False, "--vocab": False},
+    "yaml": {"--ratio": False, "--iterations": False, "--batch": False, "--nodes": False, "--seq": False,
+             "--total-batch": False, "--vocab": False},
     "ledger add": {"--wall-minutes": True, "--cost": True, "--val-bpb": False, "--mfu": False,
                    "--peak-memory-gib": False, "--batch": False},
     "ledger edit": {"--cost": True, "--val-bpb": False},  # each the one change asked for

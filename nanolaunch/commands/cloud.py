@@ -11,7 +11,7 @@ import typer
 from nanolaunch import output as out
 from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt,
                                         IterationsOpt, JsonOpt, ManagedOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt,
-                                        RunArg, SpotOpt, TextColumnOpt, resolve)
+                                        RunArg, SeqOpt, SpotOpt, TextColumnOpt, TotalBatchOpt, VocabOpt, resolve)
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import Ledger, pid_alive
@@ -33,6 +33,9 @@ def yaml(
     ratio: RatioOpt = None,
     iterations: IterationsOpt = None,
     batch: BatchOpt = None,
+    seq: SeqOpt = None,
+    total_batch: TotalBatchOpt = None,
+    vocab: VocabOpt = None,
     data: DataOpt = None,
     data_split: DataSplitOpt = None,
     text_column: TextColumnOpt = None,
@@ -52,6 +55,7 @@ def yaml(
     from nanolaunch.task import placement, render, to_yaml
 
     config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
+                             seq_len=seq, total_batch=total_batch, vocab_size=vocab,
                              checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot, data=data,
                              data_split=data_split, text_column=text_column)
     plan = derived(config, chosen)  # the same validation as plan: a batch that cannot divide fails here

@@ -23,6 +23,10 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Start 
 RatioOpt = Annotated[Optional[float], typer.Option("--ratio", help="Train on RATIO × params tokens.")]
 IterationsOpt = Annotated[Optional[int], typer.Option("--iterations", help="Train for exactly N optimizer steps.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch", help="Device batch: sequences per GPU per micro-step.")]
+# The shape of the model and its batch (what a preset or dN leaves at the defaults).
+SeqOpt = Annotated[Optional[int], typer.Option("--seq", help="Sequence length.")]
+TotalBatchOpt = Annotated[Optional[int], typer.Option("--total-batch", help="Tokens per optimizer step.")]
+VocabOpt = Annotated[Optional[int], typer.Option("--vocab", help="Vocabulary size (tokenizer and model).")]
 CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
     "--checkpoint-every", help="Steps between checkpoints (≤0: only at the end); a recovered run loses at most "
                                "this many.")]

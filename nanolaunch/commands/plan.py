@@ -9,7 +9,8 @@ import typer
 from nanolaunch import output as out
 from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
                                         MaxCostOpt, MaxHoursOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt, SpotOpt,
-                                        TextColumnOpt, check_limits, fixed_by, resolve)
+                                        SeqOpt, TextColumnOpt, TotalBatchOpt, VocabOpt, check_limits, fixed_by,
+                                        resolve)
 from nanolaunch import calibration, search
 from nanolaunch.planner import plan as make_plan
 
@@ -24,9 +25,9 @@ def plan(
     infra: InfraOpt = None,
     nodes: NodesOpt = None,
     batch: BatchOpt = None,
-    seq: Annotated[Optional[int], typer.Option("--seq", help="Sequence length.")] = None,
-    total_batch: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step.")] = None,
-    vocab: Annotated[Optional[int], typer.Option("--vocab", help="Vocabulary size.")] = None,
+    seq: SeqOpt = None,
+    total_batch: TotalBatchOpt = None,
+    vocab: VocabOpt = None,
     data: DataOpt = None,
     data_split: DataSplitOpt = None,
     text_column: TextColumnOpt = None,

@@ -8,8 +8,9 @@ import typer
 from nanolaunch import batch_search, calibration, output as out, presets, search
 from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, DataSplitOpt, ForceOpt, GpuOpt,
                                         InfraOpt, IterationsOpt, JsonOpt, LocalOpt, ManagedOpt, MaxCostOpt,
-                                        MaxHoursOpt, ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SpotOpt,
-                                        TextColumnOpt, TitleOpt, check_limits, fixed_by, resolve)
+                                        MaxHoursOpt, ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SeqOpt,
+                                        SpotOpt, TextColumnOpt, TitleOpt, TotalBatchOpt, VocabOpt, check_limits,
+                                        fixed_by, resolve)
 from nanolaunch.commands.plan import measured_kw
 from nanolaunch.commands.ledger import export_row
 from nanolaunch.config import RunConfig
@@ -30,6 +31,9 @@ def run(
     ratio: RatioOpt = None,
     iterations: IterationsOpt = None,
     batch: BatchOpt = None,
+    seq: SeqOpt = None,
+    total_batch: TotalBatchOpt = None,
+    vocab: VocabOpt = None,
     data: DataOpt = None,
     data_split: DataSplitOpt = None,
     text_column: TextColumnOpt = None,
@@ -57,6 +61,7 @@ def run(
     says does not fit is refused before anything is asked of SkyPilot (--force launches it anyway)."""
     check_limits(max_cost, max_hours)
     config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
+                             seq_len=seq, total_batch=total_batch, vocab_size=vocab,
                              checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot, data=data,
                              data_split=data_split, text_column=text_column)
     on_cloud = managed or _on_cloud(config, local)
@@ -135,6 +140,9 @@ def dry(
     batch: Annotated[str, typer.Option("--batch", help="Device batch, several (8,16,32), or auto: the batches that "
                                                        "divide the total batch, largest first, until none is faster.")] = "",
     iters: Annotated[int, typer.Option(help="Iterations per probe.")] = 20,
+    seq: SeqOpt = None,
+    total_batch: TotalBatchOpt = None,
+    vocab: VocabOpt = None,
     gpu: GpuOpt = None,
     infra: InfraOpt = None,
     memory_limit_gib: Annotated[Optional[float], typer.Option(
@@ -146,7 +154,8 @@ def dry(
     as_json: JsonOpt = False,
 ) -> None:
     """Probe batch sizes for N iterations each: OOM or not, MFU, step time, peak memory."""
-    config, chosen = resolve(model, preset, infra=infra, gpu=gpu)
+    config, chosen = resolve(model, preset, infra=infra, gpu=gpu, seq_len=seq, total_batch=total_batch,
+                             vocab_size=vocab)
     check_limits(memory_limit_gib=memory_limit_gib)
     auto = batch.strip().lower() == "auto"
     if auto:  # probes run on one node
