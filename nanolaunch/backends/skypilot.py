@@ -89,17 +89,17 @@ def errors(what: str):
     except exc.NoCloudAccessError as e:
         if "storage" in str(e).lower():  # compute clouds enabled (Lambda, RunPod) but none that keeps a bucket
             raise NotLaunched(f"{what}: the run keeps its checkpoints and data in a bucket, and no enabled cloud "
-                                  "has object storage; enable one (AWS, GCP, Azure, Cloudflare R2, ...) with "
-                                  "`sky check`, or run on a Slurm cluster's shared filesystem with --infra "
-                                  "slurm/NAME") from None
+                              "has object storage; enable one (AWS, GCP, Azure, Cloudflare R2, ...) with "
+                              "`sky check`, or run on a Slurm cluster's shared filesystem with --infra "
+                              "slurm/NAME") from None
         raise NotLaunched(f"{what}: no cloud is enabled for SkyPilot; run `sky check` to set one up") from None
     except exc.ResourcesUnavailableError as e:
         text = str(e).lower()
         if "quota" in text:
             raise NotLaunched(f"{what}: no quota for these GPUs in any region tried; request a quota increase "
-                                  "or try another --gpu") from None
+                              "or try another --gpu") from None
         raise NotLaunched(f"{what}: no capacity in any enabled region ({_first_line(e)}); retry later, "
-                              "try another --gpu, or add --spot") from None
+                          "try another --gpu, or add --spot") from None
     except exc.ClusterSetUpError as e:
         raise NanolaunchError(f"{what}: the cluster failed during setup (a spot preemption during setup looks "
                               f"like this; rerun): {_first_line(e)}") from None
