@@ -15,7 +15,7 @@ from pathlib import Path
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.presets import home
 
-STATUSES = ("running", "ok", "oom", "preempted", "crashed", "over_budget", "cancelled", "failed_to_launch")
+STATUSES = ("running", "ok", "oom", "crashed", "over_budget", "cancelled", "failed_to_launch")
 FINISHED = tuple(s for s in STATUSES if s != "running")
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -99,6 +99,24 @@ COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "g
            "eval_seconds", "gzip_bpb", "device_name", "machine", "data", "device_batch",
            "peak_reserved_gib", "removed_at")
 JSON_COLUMNS = ("config", "plan")
+
+
+# A row as commands print and export it (--json, --csv): the ledger's columns a user reads, and three from its
+# config (the planned batch, depth, the data asked for).
+EXPORT_COLUMNS = ("id", "project", "title", "kind", "status", "preset", "gpu", "gpu_count", "nodes", "backend",
+                  "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb",
+                  "gzip_bpb", "mfu", "tokens_per_second", "step_ms", "step_ms_mean", "eval_seconds",
+                  "peak_memory_gib", "steps", "device_batch", "planned_device_batch", "depth", "run_dir", "cluster",
+                  "managed", "recoveries", "wandb_url", "git_commit", "device_name", "machine", "data", "error")
+
+
+def export_row(r: dict) -> dict:
+    """A ledger row as commands print and export it."""
+    config = r.get("config") or {}
+    return {**{k: r.get(k) for k in EXPORT_COLUMNS if k in r},
+            "device_batch": r.get("device_batch") or config.get("device_batch"),  # as run, else as planned
+            "planned_device_batch": config.get("device_batch"), "depth": config.get("depth"),
+            "data": r.get("data") or config.get("data")}  # as trained on, else as asked for
 
 
 def default_path() -> Path:

@@ -12,9 +12,8 @@ from nanolaunch import output as out
 from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt,
                                         IterationsOpt, JsonOpt, ManagedOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt,
                                         RunArg, SeqOpt, SpotOpt, TextColumnOpt, TotalBatchOpt, VocabOpt, resolve)
-from nanolaunch.commands.ledger import export_row
 from nanolaunch.errors import NanolaunchError
-from nanolaunch.ledger import Ledger, pid_alive
+from nanolaunch.ledger import Ledger, export_row, pid_alive
 
 
 def _plain_name(flag: str):

@@ -130,7 +130,7 @@ def resolve(model: str | None, preset_name: str | None, **overrides) -> tuple[Ru
     if any(k in changes for k in ("ratio", "iterations", "target_flops")):
         changes = {"ratio": None, "iterations": None, "target_flops": None, **changes}
     if chosen is None and "depth" not in changes:
-        raise NanolaunchError("give a model size (e.g. d12), --depth N, or --preset NAME")
+        raise NanolaunchError("give a model size (e.g. d12) or --preset NAME")
     base = chosen.config.to_dict() if chosen else {}
     try:
         return RunConfig.build(**{**base, **changes}), chosen

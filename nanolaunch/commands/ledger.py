@@ -15,25 +15,12 @@ from nanolaunch.commands.common import (BatchOpt, GpuOpt, JsonOpt, ModelArg, Pre
                                         RunArg, TitleOpt, check_range, label, resolve)
 
 from nanolaunch.errors import NanolaunchError
-from nanolaunch.ledger import FINISHED, STATUSES, Ledger
+from nanolaunch.ledger import EXPORT_COLUMNS, FINISHED, STATUSES, Ledger, export_row
 from nanolaunch.runs import reconcile
 
 app = typer.Typer(help="The ledger of runs and probes.", invoke_without_command=True)
 
-EXPORT_COLUMNS = ("id", "project", "title", "kind", "status", "preset", "gpu", "gpu_count", "nodes", "backend",
-                  "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb",
-                  "gzip_bpb", "mfu", "tokens_per_second", "step_ms", "step_ms_mean", "eval_seconds", "peak_memory_gib", "steps",
-                  "device_batch", "planned_device_batch", "depth", "run_dir", "cluster", "managed", "recoveries", "wandb_url", "git_commit", "device_name", "machine",
-                  "data", "error")
 RECENT = 30
-
-
-def export_row(r: dict) -> dict:
-    config = r.get("config") or {}
-    return {**{k: r.get(k) for k in EXPORT_COLUMNS if k in r},
-            "device_batch": r.get("device_batch") or config.get("device_batch"),  # as run, else as planned
-            "planned_device_batch": config.get("device_batch"), "depth": config.get("depth"),
-            "data": r.get("data") or config.get("data")}  # as trained on, else as asked for
 
 
 @app.callback()

@@ -12,7 +12,7 @@ from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, D
                                         SpotOpt, TextColumnOpt, TitleOpt, TotalBatchOpt, VocabOpt, check_limits,
                                         fixed_by, resolve)
 from nanolaunch.commands.plan import measured_kw
-from nanolaunch.commands.ledger import export_row
+from nanolaunch.ledger import export_row
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.backends.local import run_local

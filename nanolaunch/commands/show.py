@@ -8,8 +8,7 @@ import typer
 
 from nanolaunch import output as out
 from nanolaunch.commands.common import JsonOpt, RunArg
-from nanolaunch.commands.ledger import export_row
-from nanolaunch.ledger import Ledger
+from nanolaunch.ledger import Ledger, export_row
 from nanolaunch.runs import follow_log, reconcile
 
 BARS = "▁▂▃▄▅▆▇█"
