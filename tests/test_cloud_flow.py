@@ -5,6 +5,7 @@ real): GPU tasks with the bucket and a cloud's price, W&B's secret, Ctrl-C durin
 cancelled, SkyPilot's cloud errors as one line; status, down and logs.
 """
 import dataclasses
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -32,9 +33,19 @@ def env(tmp_path, sky_home, monkeypatch):
     return home
 
 
-def install(monkeypatch, tmp_path, **behaviour) -> FakeSky:
+def enable(*clouds: str) -> None:
+    """What `sky check` leaves in SkyPilot's state database (written by SkyPilot's own function)."""
+    from sky import global_user_state, skypilot_config
+    from sky.clouds.cloud import CloudCapability
+
+    workspace = skypilot_config.get_active_workspace()
+    global_user_state.set_enabled_clouds(list(clouds), CloudCapability.COMPUTE, workspace)
+
+
+def install(monkeypatch, tmp_path, *, clouds=("aws", "gcp", "lambda"), **behaviour) -> FakeSky:
     fake = FakeSky(tmp_path / "bucket", **behaviour)
     monkeypatch.setattr(skypilot, "sdk", lambda: fake)
+    enable(*clouds)
     return fake
 
 
@@ -206,3 +217,17 @@ def test_skypilots_count_of_recoveries_stands_where_the_stream_missed_an_attempt
     assert [e["kind"] for e in ledger.events(run_id)] == ["recovered"]
     follower.settle_recoveries(1)  # what the stream already showed is not counted twice
     assert len(ledger.events(run_id)) == 1
+
+
+@pytest.mark.parametrize("clouds, infra, says", [
+    ((), None, "no cloud is enabled for SkyPilot on this machine: run `sky check`"),
+    (("gcp",), "aws", "--infra aws: aws is not enabled for SkyPilot (enabled: gcp); run `sky check`"),
+])
+def test_no_usable_cloud_is_one_line_before_anything_starts(env, tmp_path, monkeypatch, clouds, infra, says):
+    """Before the first SDK call (which would start an API server here): no SDK call, no ledger row."""
+    fake = install(monkeypatch, tmp_path, clouds=clouds)
+    with pytest.raises(NanolaunchError, match=re.escape(says)):
+        skypilot.run(request(infra=infra))
+    with pytest.raises(NanolaunchError, match=re.escape(says)):
+        skypilot.sweep([request("dry", probe=3, infra=infra)])
+    assert fake.calls == [] and Ledger().rows() == []

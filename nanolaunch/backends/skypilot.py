@@ -74,6 +74,25 @@ def enabled_clouds() -> list[str]:
     return [c.canonical_name() for c in found]
 
 
+def preflight(config) -> None:
+    """Before the first SDK call, which starts an API server on this machine when none runs: with the server
+    here, the clouds `sky check` enabled are in the state database here, and a config that none of them can run
+    is refused in one line with nothing started and nothing recorded. A remote server knows its own clouds."""
+    sdk()
+    from sky.server import common as server_common
+
+    if not server_common.is_api_server_local():
+        return
+    enabled = {c.lower() for c in enabled_clouds()}
+    wanted = config.infra.split("/")[0].lower() if config.infra else None
+    if not enabled:
+        raise NotLaunched("no cloud is enabled for SkyPilot on this machine: run `sky check` to set one up, or "
+                          "--local to run here")
+    if wanted and wanted not in enabled:
+        raise NotLaunched(f"--infra {config.infra}: {wanted} is not enabled for SkyPilot (enabled: "
+                          f"{', '.join(sorted(enabled))}); run `sky check`")
+
+
 def secrets_from_env() -> dict[str, str]:
     return {k: os.environ[k] for k in SECRET_ENVS if os.environ.get(k)}
 
@@ -393,6 +412,8 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
     Each row is finished when its job ends, except the last, which also pays for the teardown. `stop`
     sees the rows so far after each job (the last one still open) and ends the sweep early."""
     ledger = ledger or Ledger()
+    if reqs:
+        preflight(reqs[0].config)
     ids, cluster, last, price, follower = [], None, None, None, None
     try:
         for i, req in enumerate(reqs):
@@ -449,6 +470,7 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
 
 def _managed(req: Request, ledger: Ledger) -> dict:
     """A spot run as a managed job: SkyPilot recovers it after preemption; we follow it through."""
+    preflight(req.config)
     plan = derived(req.config, req.preset)
     run_id = open_row(ledger, req, plan, "sky", nodes=req.config.nodes, managed=1, pid=os.getpid())
     name = f"{PREFIX}{run_id}"
