@@ -231,3 +231,17 @@ def test_no_usable_cloud_is_one_line_before_anything_starts(env, tmp_path, monke
     with pytest.raises(NanolaunchError, match=re.escape(says)):
         skypilot.sweep([request("dry", probe=3, infra=infra)])
     assert fake.calls == [] and Ledger().rows() == []
+
+
+def test_after_an_interrupted_tail_the_whole_output_again_passes_on_only_what_is_new(tmp_path):
+    """Ctrl-C stops the tail mid-line; the tail after the cancel can only start from the top. The sink drops the
+    lines it has seen, and the line it held a part of comes whole."""
+    seen = []
+    sink = skypilot.LogSink(tmp_path / "train.log", seen.append)
+    sink.write("line 1\nline 2\nline 3 sta")
+    assert seen == ["line 1", "line 2"]
+    replay = sink.catch_up()
+    for chunk in ("line 1\nli", "ne 2\nline 3 started\nline 4\n", "line 5\n"):
+        replay.write(chunk)
+    sink.close()
+    assert seen == ["line 1", "line 2", "line 3 started", "line 4", "line 5"]

@@ -132,9 +132,8 @@ def run_task(task: dict, run_dir: Path, *, gpus_per_node: int = 1,
         if buffer:
             state.feed(buffer)
     result = read_result(run_dir / RESULT_NAME) or state.result or {}
-    code = proc.returncode  # torchrun's 1 for any failure: the trainer's own code is in its summary
-    if code == 1:
-        code = trainer_exit_code(log_path.read_text(errors="replace")) or code
+    # torchrun exits 1 for any failed worker: the trainer's own code is in torchrun's summary
+    code = trainer_exit_code(log_path.read_text(errors="replace")) or proc.returncode
     status = result.get("status") or ("cancelled" if cancelled else EXIT_STATUS.get(code, "crashed"))
     if status == "crashed" and not result.get("error"):
         result = {**result, "error": f"exit {code}: {tail(log_path, 3)}"}

@@ -223,7 +223,7 @@ def stop_gracefully(ledger: Ledger, run_id: int, cluster: str, job_id: int, foll
     with errors(f"cancelling job {job_id} on {cluster}"):
         sky.stream_and_get(sky.cancel(cluster, job_ids=[job_id]), output_stream=sys.stderr)
     ledger.add_event(run_id, "cancel", f"job {job_id} on {cluster}")
-    tail(cluster, job_id, sink, last_lines=1)  # what is new: not the whole log again
+    tail(cluster, job_id, sink.catch_up())  # the whole output again, the lines already seen skipped
 
 
 UPLOAD_TIMEOUT_S = 1800  # the longest a teardown waits for the bucket mount to upload the last checkpoint
@@ -323,6 +323,7 @@ class LogSink(io.TextIOBase):
         self.log = open(log_path, mode, errors="replace")
         self.on_line = on_line
         self.pending = ""
+        self.lines = 0  # whole lines passed on
 
     def writable(self) -> bool:
         return True
@@ -333,8 +334,34 @@ class LogSink(io.TextIOBase):
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
+            self.lines += 1
             self.on_line(line.rstrip("\r"))
         return len(text)
+
+    def catch_up(self) -> "io.TextIOBase":
+        """A stream for the job's whole output once more (an interrupted tail can only start over): the lines
+        this sink has passed on are dropped, the rest comes here."""
+        sink, skip = self, self.lines
+
+        class Skipping(io.TextIOBase):
+            def writable(self) -> bool:
+                return True
+
+            def write(self, text: str) -> int:
+                nonlocal skip
+                if skip > 0:
+                    head, sep, rest = text.partition("\n")
+                    while skip > 0 and sep:
+                        skip -= 1
+                        head, sep, rest = rest.partition("\n")
+                    if skip > 0:
+                        return len(text)
+                    sink.pending = ""  # a line it held a part of comes whole now
+                    text = head + sep + rest
+                sink.write(text)
+                return len(text)
+
+        return Skipping()
 
     def close(self) -> None:
         if self.pending:
@@ -462,7 +489,7 @@ def sweep(reqs: list[Request], ledger: Ledger | None = None,
     finally:
         if cluster is not None:  # however the sweep ended: never leave a GPU billing
             saved = follower.state.checkpoints if follower is not None else []
-            _down(ledger, ids[-1], cluster, kept=saved[-1] if saved else None)
+            _down(ledger, ids[-1], cluster, kept=max(saved, key=lambda c: c["step"], default=None))
         if last is not None:
             ledger.finish(*last)
     return [ledger.get(i) for i in ids]
@@ -522,7 +549,7 @@ class Reattached(Follower):
         status, result = _outcome(self, code)
         if not row["managed"]:
             _down(self.ledger, self.run_id, row["cluster"],
-                  kept=self.state.checkpoints[-1] if self.state.checkpoints else None)
+                  kept=max(self.state.checkpoints, key=lambda c: c["step"], default=None))
         self.ledger.finish(self.run_id, status, result)
 
 
@@ -546,11 +573,10 @@ def _outcome(follower: Follower, code: int | None) -> tuple[str, dict]:
     if state.result is not None:
         return state.result["status"], dict(state.result)
     job = follower.job_exit_code
-    if job == 1:  # torchrun's code for any failed worker: the trainer's own is in torchrun's summary
-        try:
-            job = trainer_exit_code(follower.log_path.read_text(errors="replace")) or job
-        except OSError:
-            pass
+    try:  # torchrun exits 1 for any failed worker: the trainer's own code is in torchrun's summary
+        job = trainer_exit_code(follower.log_path.read_text(errors="replace")) or job
+    except OSError:
+        pass
     if follower.setup_exit_code is not None:
         status, why = "crashed", f"setup failed (exit {follower.setup_exit_code})"
     elif job is not None:
