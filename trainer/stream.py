@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from trainer import hub
-from trainer.common import log
+from trainer.common import log, one_line
 from trainer.data import shard_order
 from trainer.hub import DataError
 
@@ -107,13 +107,13 @@ class Stream:
             _write(self.dir / f"ready-{i}", "")
             done[i] = None
         except BaseException as e:  # noqa: BLE001 -- reported through the error file
-            done[i] = e if isinstance(e, DataError) else DataError(f"{self.files[i]}: {hub._one_line(e)}")
+            done[i] = e if isinstance(e, DataError) else DataError(f"{self.files[i]}: {one_line(e)}")
 
     def _fetch_loop(self) -> None:
         try:
             self._fetch()
         except BaseException as e:  # noqa: BLE001 -- a loader must never wait for a fetch that is gone
-            _write(self.dir / "error", f"data fetch failed: {hub._one_line(e)}")
+            _write(self.dir / "error", f"data fetch failed: {one_line(e)}")
 
     def _fetch(self) -> None:
         running: dict[int, threading.Thread] = {}
