@@ -33,19 +33,12 @@ def env(tmp_path, sky_home, monkeypatch):
     return home
 
 
-def enable(*clouds: str) -> None:
-    """What `sky check` leaves in SkyPilot's state database (written by SkyPilot's own function)."""
-    from sky import global_user_state, skypilot_config
-    from sky.clouds.cloud import CloudCapability
-
-    workspace = skypilot_config.get_active_workspace()
-    global_user_state.set_enabled_clouds(list(clouds), CloudCapability.COMPUTE, workspace)
-
-
-def install(monkeypatch, tmp_path, *, clouds=("aws", "gcp", "lambda"), **behaviour) -> FakeSky:
+def install(monkeypatch, tmp_path, *, clouds=("AWS", "GCP", "Lambda"), **behaviour) -> FakeSky:
+    """The fake SDK, and what `sky check` recorded (SkyPilot's state database is one per process: writing it
+    here would leak into every later test)."""
     fake = FakeSky(tmp_path / "bucket", **behaviour)
     monkeypatch.setattr(skypilot, "sdk", lambda: fake)
-    enable(*clouds)
+    monkeypatch.setattr(skypilot, "enabled_clouds", lambda: list(clouds))
     return fake
 
 
@@ -221,7 +214,7 @@ def test_skypilots_count_of_recoveries_stands_where_the_stream_missed_an_attempt
 
 @pytest.mark.parametrize("clouds, infra, says", [
     ((), None, "no cloud is enabled for SkyPilot on this machine: run `sky check`"),
-    (("gcp",), "aws", "--infra aws: aws is not enabled for SkyPilot (enabled: gcp); run `sky check`"),
+    (("GCP",), "aws", "--infra aws: aws is not enabled for SkyPilot (enabled: gcp); run `sky check`"),
 ])
 def test_no_usable_cloud_is_one_line_before_anything_starts(env, tmp_path, monkeypatch, clouds, infra, says):
     """Before the first SDK call (which would start an API server here): no SDK call, no ledger row."""

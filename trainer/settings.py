@@ -43,8 +43,7 @@ def fraction(v):
     return None if 0 <= v <= 1 else "must be between 0 and 1"
 
 
-def vocab(v):
-    return None if 257 <= v < float("inf") else "must be at least 257 (256 bytes + the BOS token)"
+TOKENIZER_MIN_VOCAB = 257  # a byte-level BPE's 256 bytes + BOS (trainer/tokenizer.py)
 
 
 def ratio(v):
@@ -95,7 +94,7 @@ class TrainConfig:
     # model
     depth: int | None = setting(None, "layers; model_dim = 64·depth (required)", "model", check=positive)
     vocab_size: int = setting(DEFAULT_VOCAB, "tokenizer and model vocabulary, special tokens included", "model",
-                              check=vocab)
+                              check=positive)
     seq_len: int = setting(DEFAULT_SEQ_LEN, "tokens per sequence", "model", check=positive)
     head_dim: int = setting(DEFAULT_HEAD_DIM, "head width; heads = ⌈model_dim / head_dim⌉", "model", check=positive)
     # batch and horizon
@@ -189,6 +188,9 @@ class TrainConfig:
             raise SettingError(f"give at most one horizon of iterations, ratio or target_flops, got {', '.join(given)}")
         if self.max_cost is not None and self.price_per_hour is None:
             raise SettingError("max_cost needs price_per_hour")
+        if self.vocab_size < TOKENIZER_MIN_VOCAB and data_kind(self.data) != "synthetic":
+            raise SettingError(f"vocab_size must be at least {TOKENIZER_MIN_VOCAB} (256 bytes + the BOS token) for a "
+                               f"tokenizer of real text, got {self.vocab_size}")
         try:
             self.shape  # a shape the model cannot have is refused here, not later
         except ShapeError as e:
