@@ -75,6 +75,8 @@ def is_oom(e: BaseException) -> bool:
         return True
     if isinstance(e, RuntimeError):
         msg = str(e).lower()
+        if "could not create a primitive" in msg:  # oneDNN's words when it cannot allocate its scratchpad
+            return resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY  # only under a cap
         return any(s in msg for s in ("out of memory", "can't allocate memory", "cannot allocate memory",
                                       "not enough memory", "failed to allocate", "std::bad_alloc"))
     return False
