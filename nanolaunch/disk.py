@@ -3,7 +3,9 @@
 On a cloud node: the image, the trainer's environment, the shards streamed onto the node's own disk (the
 window ahead of the reader and the validation file; every training file when the run repeats its data),
 and the bucket mount's local cache, which holds the checkpoints until they are uploaded and is bounded to
-the checkpoints kept plus the one being written. Then a margin, rounded up to 10 GB.
+the checkpoints kept plus the one being written. Then a margin, rounded up to 10 GB, and never less than
+SkyPilot's default disk: the environment's size is assumed, not yet measured on a node, and a disk that fills
+up mid-run costs more than the extra gigabytes.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ IMAGE_GB = 45  # SkyPilot's own GPU image (sky/clouds/aws.py DEFAULT_AMI_GB)
 ENVIRONMENT_GB = 15  # assumed: the trainer's venv with CUDA torch and uv's cache (not yet measured on a node)
 STORE_FILES_GB = 2  # the listing and tokenizers in the bucket cache
 MARGIN = 0.2
+FLOOR_GB = 256  # SkyPilot's default disk_size (sky/resources.py DEFAULT_DISK_SIZE_GB)
 
 
 def checkpoint_bytes(config: RunConfig) -> float:
@@ -51,6 +54,6 @@ def plan(config: RunConfig, data: dict) -> dict:
          "source": f"{keep} kept + 1 being written × {ckpt / GB:,.1f} GB checkpoints + {STORE_FILES_GB} GB"},
     ]
     need = sum(x["gb"] for x in terms)
-    disk_gb = int(math.ceil(need * (1 + MARGIN) / 10) * 10)
+    disk_gb = max(FLOOR_GB, int(math.ceil(need * (1 + MARGIN) / 10) * 10))
     return {"terms": terms, "need_gb": need, "margin": MARGIN, "disk_size_gb": disk_gb, "cache_gb": cache_gb,
             "checkpoint_gb": ckpt / GB, "asked": not (config.on_cpu or config.slurm)}

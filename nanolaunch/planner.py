@@ -4,6 +4,7 @@ Pure arithmetic over RunConfig, the GPU table, the memory model and a price offe
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from nanolaunch import disk, gpus, memory, prices
@@ -147,10 +148,13 @@ def tokenizer_plan(config: RunConfig, data: dict) -> dict | None:
     name = tokenizer_name(t, commit or ("<commit>" if kind == "hub" else None))
     path = Path(data_dir(config)) / name
     reused = (kind != "hub" or commit is not None) and (path / META_FILE).is_file()
-    per_shard = data.get("chars_per_shard")
-    files = -(-t.tokenizer_chars // per_shard) if per_shard else None
+    files = None
+    if data.get("chars_per_shard"):  # the first training files, as many as hold tokenizer_chars
+        files = math.ceil(t.tokenizer_chars / data["chars_per_shard"])
+        if data.get("dataset_files"):
+            files = min(files, data["dataset_files"] - 1)
     return {"name": name, "path": str(path) if reused else None, "reused": reused, "chars": t.tokenizer_chars,
-            "files": None if files is None else int(min(files, (data.get("dataset_files") or files + 1) - 1))}
+            "files": files}
 
 
 def measured_verdict(mem: memory.MemoryEstimate, seen: dict | None) -> dict:

@@ -82,7 +82,7 @@ def test_the_plot_shows_points_curve_and_choice(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["d12", "--budget", "100"], "--budget chooses the model"),
-    (["--budget", "0"], "must be a positive number"),
+    (["--budget", "0"], "must be a finite number in (0, ∞)"),
     (["--plot", "x.png"], "give --budget"),
     (["--budget", "0.01"], "nothing fits within $0.01"),
 ])

@@ -40,8 +40,8 @@ def test_unknown_option_is_one_line_naming_the_help(home):
     (["plan", "d12", "--ratio", "inf"], "ratio must be positive and at most 10,000 tokens per parameter"),
     (["plan", "d12", "--ratio", "nan"], "ratio must be positive and at most 10,000 tokens per parameter"),
     (["plan", "d12", "--gpu", "H100:"], "give the count after ':'"),
-    (["dry", "--preset", "cpu_demo", "--memory-limit-gib", "-1", "--local"], "--memory-limit-gib must be a positive"),
-    (["run", "d12", "--max-cost", "-1"], "--max-cost must be a positive number"),
+    (["dry", "--preset", "cpu_demo", "--memory-limit-gib", "-1", "--local"], "--memory-limit-gib must be a finite number in (0, ∞)"),
+    (["run", "d12", "--max-cost", "-1"], "--max-cost must be a finite number in (0, ∞)"),
 ])
 def test_usage_errors_are_one_line_exit_2(home, args, words):
     r = nl(home, *args)

@@ -75,11 +75,25 @@ def is_oom(e: BaseException) -> bool:
         return True
     if isinstance(e, RuntimeError):
         msg = str(e).lower()
-        if "could not create a primitive" in msg:  # oneDNN's words when it cannot allocate its scratchpad
-            return resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY  # only under a cap
+        if _onednn_alloc(e):
+            return True
         return any(s in msg for s in ("out of memory", "can't allocate memory", "cannot allocate memory",
                                       "not enough memory", "failed to allocate", "std::bad_alloc"))
     return False
+
+
+def _onednn_alloc(e: BaseException) -> bool:
+    """oneDNN says only "could not create a primitive" when it cannot allocate its scratchpad: an allocation
+    failure when this process's address space is capped."""
+    return ("could not create a primitive" in str(e).lower()
+            and resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY)
+
+
+def oom_line(e: BaseException) -> str:
+    """The one line an out-of-memory result carries: the error, saying it could not allocate where its own
+    words do not."""
+    line = one_line(e)
+    return f"could not allocate memory under the address-space cap ({line})" if _onednn_alloc(e) else line
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -86,7 +86,7 @@ def iter_documents(paths, *, rank: int = 0, world_size: int = 1, start: int | No
 
 class Shards:
     """Shard files that are all on disk (a folder, the standard-library corpus): the loader's file source.
-    trainer/stream.py's Stream has the same three methods for shards that are fetched while training."""
+    trainer/stream.py's Stream has the same methods for shards that are fetched while training."""
 
     def __init__(self, paths):
         self.paths = [Path(p) for p in paths]
@@ -100,6 +100,13 @@ class Shards:
 
     def reading(self, position: int) -> None:
         """The loader's earliest needed shard is `position` in its node's order (a stream fetches from there)."""
+
+    def failed(self) -> str | None:
+        """Why shards can no longer come (a stream's failed fetch); files on disk never fail here."""
+        return None
+
+    def close(self) -> None:
+        """Stop fetching (a stream); nothing to stop for files on disk."""
 
 
 def shard_order(n_shards: int, seed: int, epoch: int, node: int = 0, nodes: int = 1) -> list[int]:

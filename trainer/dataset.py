@@ -52,12 +52,12 @@ class Dataset:
         return [1] * vocab_size if self.synthetic else self.tokenizer.token_bytes()
 
     def close(self) -> None:
-        if hasattr(self.train, "close"):
+        if self.train is not None:
             self.train.close()
 
     def failed(self) -> str | None:
         """A fetch that failed on this node (the loop stops every rank with a checkpoint)."""
-        return self.train.failed() if hasattr(self.train, "failed") else None
+        return None if self.train is None else self.train.failed()
 
 
 def prepare(cfg: TrainConfig, env: DistEnv, tokens: int) -> Dataset:

@@ -44,10 +44,8 @@ class Stream:
         self.per_epoch = len(shard_order(len(self.files), seed, 0, node, nodes))
         self.waited = 0.0  # seconds this rank's loader waited for the fetch
         self._stop = threading.Event()
-        self._thread = None
         if local_rank == 0:
-            self._thread = threading.Thread(target=self._fetch_loop, name="stream", daemon=True)
-            self._thread.start()
+            threading.Thread(target=self._fetch_loop, name="stream", daemon=True).start()
 
     @staticmethod
     def state_dir(data_dir, node: int) -> Path:

@@ -44,7 +44,7 @@ class Run:
         self.wall_before = 0.0  # wall seconds of earlier segments of a resumed run
         self.steps = 0
         self.loss = self.val_bpb = self.gzip_bpb = None
-        self.error = None  # why a run that did not crash stopped early (a failed data fetch)
+        self.error = None  # why the loop stopped the run early with a checkpoint (a failed data fetch)
         self.device_name = self.machine = None  # what ran it; machine: the CPU's key (trainer/hardware.py)
         self.data = None  # what it trained on: a Hub dataset with its commit, a folder, stdlib or synthetic
         self.step_ms: list[float] = []
@@ -304,7 +304,7 @@ def train(cfg: TrainConfig, run: Run) -> str:
             except Exception as e:  # noqa: BLE001 -- only an allocation failure is handled
                 if not common.is_oom(e) or cfg.device_batch == 1:
                     raise
-                oom = common.one_line(e)
+                oom = common.oom_line(e)
             if common.any_rank(oom is not None, device):
                 halve_batch(oom or "on another rank")
                 continue
@@ -429,11 +429,11 @@ def main(argv=None) -> int:
             emit_result(run_dir, **run.summary("crashed", str(e)))
         return _hard_exit(USAGE_EXIT)
     except BaseException as e:  # noqa: BLE001 -- every way out ends with a result event
-        from trainer.common import is_oom, one_line
+        from trainer.common import is_oom, one_line, oom_line
         if isinstance(e, KeyboardInterrupt):
             status, error = "cancelled", "interrupted before training started" if not Stop.in_loop else "interrupted"
         elif is_oom(e):
-            status, error = "oom", one_line(e)
+            status, error = "oom", oom_line(e)
         else:
             import traceback
             traceback.print_exc()

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from nanolaunch import prices
 from nanolaunch.events import RunState
 from nanolaunch.launch import Display, LiveRow, Request, derived, for_run, open_row, write_task
-from nanolaunch import prices
 from nanolaunch.ledger import Ledger
 from nanolaunch.planner import data_dir
 from nanolaunch.runs import LOG_NAME, RESULT_NAME, read_result, run_dir
@@ -132,8 +132,9 @@ def run_task(task: dict, run_dir: Path, *, gpus_per_node: int = 1,
         if buffer:
             state.feed(buffer)
     result = read_result(run_dir / RESULT_NAME) or state.result or {}
-    # torchrun exits 1 for any failed worker: the trainer's own code is in torchrun's summary
-    code = trainer_exit_code(log_path.read_text(errors="replace")) or proc.returncode
+    code = proc.returncode  # torchrun exits 1 for any failed worker: the trainer's own code is in its summary
+    if code:
+        code = trainer_exit_code(log_path.read_text(errors="replace")) or code
     status = result.get("status") or ("cancelled" if cancelled else EXIT_STATUS.get(code, "crashed"))
     if status == "crashed" and not result.get("error"):
         result = {**result, "error": f"exit {code}: {tail(log_path, 3)}"}

@@ -164,9 +164,5 @@ def check_range(flag: str, value: float | None, low: float, high: float = float(
 
 def check_limits(max_cost: float | None = None, max_hours: float | None = None, **more: float | None) -> None:
     """Limits are positive, finite numbers: one line naming the flag otherwise (more: budget=...)."""
-    import math
-
-    given = {"max_cost": max_cost, "max_hours": max_hours, **more}
-    for name, value in given.items():
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise NanolaunchError(f"--{name.replace('_', '-')} must be a positive number, got {value:g}")
+    for name, value in {"max_cost": max_cost, "max_hours": max_hours, **more}.items():
+        check_range(f"--{name.replace('_', '-')}", value, 0, low_open=True)

@@ -13,7 +13,6 @@ import typer
 from nanolaunch import output as out, table
 from nanolaunch.commands.common import (BatchOpt, GpuOpt, JsonOpt, ModelArg, PresetOpt, ProjectFilterOpt, ProjectOpt,
                                         RunArg, TitleOpt, check_range, label, resolve)
-
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import EXPORT_COLUMNS, FINISHED, STATUSES, Ledger, export_row
 from nanolaunch.runs import reconcile

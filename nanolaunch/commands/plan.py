@@ -11,7 +11,7 @@ from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, GpuOpt,
                                         MaxCostOpt, MaxHoursOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt, SpotOpt,
                                         SeqOpt, TextColumnOpt, TotalBatchOpt, VocabOpt, check_limits, fixed_by,
                                         resolve)
-from nanolaunch import calibration, search
+from nanolaunch import calibration, disk, search
 from nanolaunch.planner import plan as make_plan
 
 
@@ -193,10 +193,10 @@ def render(p: dict) -> None:
     if p["price_source_spot"]:
         row("spot", f"{out.usd(p['usd_per_hour_spot'])}/h" + (uses if p["spot"] else ""), p["price_source_spot"])
     row("cost", f"{out.usd(p['cost_usd'])} on-demand · {out.usd(p['cost_usd_spot'])} spot", "")
-    d = p["disk"]
+    d, disk_floor = p["disk"], disk.FLOOR_GB
     row("disk", f"{d['disk_size_gb']:,} GB per node" + ("" if d["asked"] else " (asked of a cloud only)"),
-        " + ".join(f"{x['term']} {x['gb']:,.0f}" for x in d["terms"]) + f" GB, + {d['margin']:.0%} margin; "
-        f"the bucket mount's cache is bounded to {d['cache_gb']} GB")
+        " + ".join(f"{x['term']} {x['gb']:,.0f}" for x in d["terms"]) + f" GB, + {d['margin']:.0%} margin, at "
+        f"least SkyPilot's default {disk_floor} GB; the bucket mount's cache is bounded to {d['cache_gb']} GB")
     within = p["search"]["within"]
     if p["search"]["searched"]:
         c.print(f"[bold]chosen[/]: {_describe(within['chosen'])} — {within['why']}")
