@@ -6,12 +6,8 @@ import sys
 
 import typer
 
-try:  # typer ≥ 0.22 carries its own copy of click; older ones raise click's exceptions
-    from typer._click.exceptions import ClickException, UsageError
-except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException, UsageError
-
 from nanolaunch.commands import cloud, ledger, plan, preset, prices, run, show
+from nanolaunch.compat import ClickException, NoArgsIsHelpError, UsageError
 from nanolaunch.errors import NanolaunchError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -34,10 +30,10 @@ def main() -> None:
         # Not standalone: click raises its usage errors (printed below as one line, not a box) and returns the
         # code of a typer.Exit, of --help or of Ctrl-C instead of exiting.
         code = app(prog_name="nanolaunch", standalone_mode=False)
+    except NoArgsIsHelpError as e:  # `nanolaunch`, `nanolaunch preset`: the help, not an error
+        sys.stderr.write(e.format_message())  # empty where rich has printed the help already
+        sys.exit(e.exit_code)
     except UsageError as e:
-        if type(e).__name__ == "NoArgsIsHelpError":  # `nanolaunch`, `nanolaunch preset`: the help, not an error
-            sys.stderr.write(e.format_message())  # empty where rich has printed the help already
-            sys.exit(e.exit_code)
         _fail(f"{_first_line(e.format_message())} (see {_command_path(e)} --help)", e.exit_code)
     except ClickException as e:
         _fail(e.format_message(), e.exit_code)

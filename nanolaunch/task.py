@@ -1,4 +1,4 @@
-"""Fill the SkyPilot task template (sky/train.yaml) for one run: resources, the bucket and the NL_* envs.
+"""Fill the SkyPilot task template (cloud/train.yaml) for one run: resources, the bucket and the NL_* envs.
 
 The trainer reads its settings from those NL_* variables (trainer/settings.py), so the run command names none.
 
@@ -19,7 +19,7 @@ from trainer import settings
 from trainer.settings import data_kind, data_slug
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO / "sky" / "train.yaml"
+TEMPLATE = REPO / "cloud" / "train.yaml"
 STORE = "/nl-store"  # where the bucket is mounted on every node
 BUCKET_ENV = "NANOLAUNCH_BUCKET"
 MASTER_PORT_ENV = "NL_MASTER_PORT"  # torchrun's rendezvous port: the one NL_* variable that is not a setting

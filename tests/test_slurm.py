@@ -1,6 +1,6 @@
 """nanolaunch through the real SkyPilot client and API server onto a real Slurm cluster on this machine.
 
-`bash sky/slurm/up.sh` brings the cluster and the API server up (CI does, then sets NANOLAUNCH_TEST_SLURM to
+`bash tests/slurm_cluster/up.sh` brings the cluster and the API server up (CI does, then sets NANOLAUNCH_TEST_SLURM to
 the infra, e.g. slurm/nl-local); without it these tests are skipped. Every launch is a real sbatch allocation
 reached over SSH; nothing is faked. The tasks name no GPU, so SkyPilot never fetches a GPU catalog.
 """
@@ -16,7 +16,7 @@ from conftest import nl as run_nl, tiny_preset
 
 INFRA = os.environ.get("NANOLAUNCH_TEST_SLURM")
 ENDPOINT = os.environ.get("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:46580")  # where up.sh starts it
-pytestmark = pytest.mark.skipif(not INFRA, reason="no local Slurm cluster: bash sky/slurm/up.sh, then set "
+pytestmark = pytest.mark.skipif(not INFRA, reason="no local Slurm cluster: bash tests/slurm_cluster/up.sh, then set "
                                                    "NANOLAUNCH_TEST_SLURM=slurm/<name>")
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(checkpoint_every=5, data="synthetic", threads=1)  # no data to fetch; one thread each
@@ -62,7 +62,7 @@ def test_the_api_server_cannot_probe_public_addresses():
              "assert b.check_network_connection is o.check_network_connection; print('patched')")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert done.returncode == 0 and "patched" in done.stdout, done.stderr
-    server = subprocess.run(["bash", str(REPO / "sky" / "slurm" / "check-offline.sh")], capture_output=True,
+    server = subprocess.run(["bash", str(REPO / "tests" / "slurm_cluster" / "check-offline.sh")], capture_output=True,
                             text=True)
     assert server.returncode == 0, server.stdout + server.stderr  # the running server has the patch too
 

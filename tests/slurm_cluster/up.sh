@@ -338,4 +338,4 @@ stage ssh ssh_up
 stage sky-config sky_config
 stage api-server api_up
 stage sky-check sky_check
-log "up in $((($(now_ms) - T0) / 1000)) s. infra: slurm/$NL_SLURM_CLUSTER; API server: http://127.0.0.1:$NL_API_PORT; state: $NL_SLURM_STATE; stop with: bash sky/slurm/down.sh"
+log "up in $((($(now_ms) - T0) / 1000)) s. infra: slurm/$NL_SLURM_CLUSTER; API server: http://127.0.0.1:$NL_API_PORT; state: $NL_SLURM_STATE; stop with: bash tests/slurm_cluster/down.sh"

@@ -8,13 +8,13 @@
 set +m  # no job control: a background `setsid cmd &` then keeps cmd's PID in $!
 
 NL_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-NL_HERE="$NL_REPO/sky/slurm"
+NL_HERE="$NL_REPO/tests/slurm_cluster"
 NL_VENV="${NL_VENV:-$NL_REPO/.venv}"
 NL_SLURM_STATE="${NL_SLURM_STATE:-/tmp/nl-slurm}"
 NL_SLURM_CLUSTER="${NL_SLURM_CLUSTER:-nl-local}"
 NL_SLURM_SSH_PORT="${NL_SLURM_SSH_PORT:-22}"
 NL_SSH_KEY="$HOME/.ssh/nl_slurm_ed25519"
-NL_MARK="managed by nanolaunch sky/slurm/up.sh"
+NL_MARK="managed by nanolaunch tests/slurm_cluster/up.sh"
 NL_CURL_WRAPPER=/usr/local/bin/curl
 NL_API_PORT="${SKYPILOT_API_SERVER_LOCAL_PORT:-46580}"
 export SKYPILOT_DISABLE_USAGE_COLLECTION=1

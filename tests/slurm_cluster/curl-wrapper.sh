@@ -1,5 +1,5 @@
 #!/bin/sh
-# nanolaunch-curl-wrapper (installed as /usr/local/bin/curl by sky/slurm/up.sh; down.sh removes it)
+# nanolaunch-curl-wrapper (installed as /usr/local/bin/curl by tests/slurm_cluster/up.sh; down.sh removes it)
 #
 # Every SkyPilot cluster runs `curl -LsSf https://astral.sh/uv/install.sh | UV_INSTALL_DIR=... sh`
 # (sky/skylet/constants.py, SKY_UV_INSTALL_CMD) with HOME set to ~/.sky_clusters/<cluster>.

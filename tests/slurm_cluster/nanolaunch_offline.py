@@ -1,6 +1,6 @@
 """Keep SkyPilot off the internet in this virtual environment.
 
-Installed by sky/slurm/up.sh into the venv's site-packages together with
+Installed by tests/slurm_cluster/up.sh into the venv's site-packages together with
 ``nanolaunch_offline.pth`` (one line: ``import nanolaunch_offline``), so it runs
 in every interpreter of the venv: the CLI, the API server, its workers and the
 managed-jobs controller it spawns.  It imports nothing from SkyPilot itself: a

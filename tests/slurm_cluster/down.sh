@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops everything sky/slurm/up.sh started and leaves nothing running: the SkyPilot API server
+# Stops everything tests/slurm_cluster/up.sh started and leaves nothing running: the SkyPilot API server
 # (and the managed-jobs controllers inside it), every Slurm job (each SkyPilot cluster is one),
 # SkyPilot's SSH ControlMaster connections, then slurmd, slurmctld, sshd and munged by their PID
 # files, and the curl wrapper. Idempotent: with nothing up it only reports so.
