@@ -2,7 +2,7 @@
 against. tests/test_compat.py fails when an installed release is outside these ranges or pyproject.toml allows
 another: a new release is read again before the range moves.
 
-SkyPilot's internals (its state database, server helpers) are reached only through nanolaunch/sky_sdk.py."""
+SkyPilot's internals (its state database, server helpers) are reached only through nanolaunch/backends/sky_sdk.py."""
 from __future__ import annotations
 
 # package: (first release checked, first release not checked) -- pyproject.toml pins the same ranges

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.presets import home
+from trainer import events
 
 STATUSES = ("running", "ok", "oom", "crashed", "over_budget", "cancelled", "failed_to_launch")
 FINISHED = tuple(s for s in STATUSES if s != "running")
@@ -90,6 +91,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN removed_at REAL;       -- `ledger rm`: out of tables, totals and calibration;
                                                            -- kept, with the event that says why
     """),
+    ("008_result", """
+        ALTER TABLE runs ADD COLUMN result TEXT;           -- the trainer's result fields as JSON: those without a
+                                                           -- column of their own appear in the row from here
+    """),
 ]
 
 COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "gpu", "gpu_count", "nodes", "status",
@@ -97,26 +102,27 @@ COLUMNS = ("project", "title", "kind", "preset", "config", "plan", "backend", "g
            "tokens_per_second", "step_ms", "peak_memory_gib", "steps", "run_dir", "log_path", "result_path",
            "wandb_url", "git_commit", "error", "pid", "cluster", "sky_job_id", "managed", "recoveries", "step_ms_mean",
            "eval_seconds", "gzip_bpb", "device_name", "machine", "data", "device_batch",
-           "peak_reserved_gib", "removed_at")
-JSON_COLUMNS = ("config", "plan")
+           "peak_reserved_gib", "removed_at", "result")
+JSON_COLUMNS = ("config", "plan", "result")
+
+# A row as commands print and export it (--json, --csv): the launcher's columns a user reads, every field of the
+# trainer's result (trainer.events.Result), and two from its config (the planned batch, the depth).
+LAUNCH_COLUMNS = ("id", "project", "title", "kind", "status", "preset", "gpu", "gpu_count", "nodes", "backend",
+                  "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd")
+WHERE_COLUMNS = ("run_dir", "cluster", "managed", "recoveries", "wandb_url", "git_commit")
 
 
-# A row as commands print and export it (--json, --csv): the ledger's columns a user reads, and three from its
-# config (the planned batch, depth, the data asked for).
-EXPORT_COLUMNS = ("id", "project", "title", "kind", "status", "preset", "gpu", "gpu_count", "nodes", "backend",
-                  "started_at", "ended_at", "wall_seconds", "usd_per_hour", "price_source", "cost_usd", "val_bpb",
-                  "gzip_bpb", "mfu", "tokens_per_second", "step_ms", "step_ms_mean", "eval_seconds",
-                  "peak_memory_gib", "steps", "device_batch", "planned_device_batch", "depth", "run_dir", "cluster",
-                  "managed", "recoveries", "wandb_url", "git_commit", "device_name", "machine", "data", "error")
+def export_columns() -> tuple[str, ...]:
+    return (*LAUNCH_COLUMNS, *events.Result.row_fields(), "planned_device_batch", "depth", *WHERE_COLUMNS)
 
 
 def export_row(r: dict) -> dict:
     """A ledger row as commands print and export it."""
     config = r.get("config") or {}
-    return {**{k: r.get(k) for k in EXPORT_COLUMNS if k in r},
-            "device_batch": r.get("device_batch") or config.get("device_batch"),  # as run, else as planned
-            "planned_device_batch": config.get("device_batch"), "depth": config.get("depth"),
-            "data": r.get("data") or config.get("data")}  # as trained on, else as asked for
+    derived = {"device_batch": r.get("device_batch") or config.get("device_batch"),  # as run, else as planned
+               "planned_device_batch": config.get("device_batch"), "depth": config.get("depth"),
+               "data": r.get("data") or config.get("data")}  # as trained on, else as asked for
+    return {k: derived[k] if k in derived else r.get(k) for k in export_columns()}
 
 
 def default_path() -> Path:
@@ -183,20 +189,16 @@ class Ledger:
         with self._write():
             self.db.execute(f"UPDATE runs SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?", (*values, run_id))
 
-    def finish(self, run_id: int, status: str, result: dict | None = None, **fields) -> None:
-        """Closes a run: its status, the result record's figures, wall time and cost from its own hourly rate."""
+    def finish(self, run_id: int, status: str, result: events.Result | dict | None = None, **fields) -> None:
+        """Closes a run: its status, the result's fields, wall time and cost from its own hourly rate."""
         if status not in FINISHED:
             raise ValueError(f"not a finished status: {status}")
         row = self.get(run_id)
         ended = fields.pop("ended_at", time.time())
         wall = fields.pop("wall_seconds", None) or ended - (row["started_at"] or ended)
-        result = result or {}
-        figures = {k: result.get(k) for k in ("val_bpb", "mfu", "tokens_per_second", "step_ms", "peak_memory_gib",
-                                                 "steps", "step_ms_mean", "eval_seconds", "gzip_bpb", "device_name",
-                                                 "machine", "data", "device_batch", "peak_reserved_gib")
-                   if result.get(k) is not None}
-        if result.get("error"):
-            figures["error"] = str(result["error"])[:2000]
+        result = result if isinstance(result, events.Result) else events.Result.of(result, status)
+        figures = result.row()
+        figures = {**{k: v for k, v in figures.items() if k in COLUMNS}, "result": figures}
         rate = row["usd_per_hour"]
         cost = None if rate is None else rate * wall / 3600
         if status == "failed_to_launch":  # SkyPilot got no machine: no time ran on one, nothing was billed
@@ -265,6 +267,8 @@ def _decode(row: sqlite3.Row) -> dict:
     for k in JSON_COLUMNS:
         if d.get(k):
             d[k] = json.loads(d[k])
+    for k, v in (d.pop("result", None) or {}).items():  # result fields without a column of their own
+        d.setdefault(k, v)
     return d
 
 

@@ -68,13 +68,6 @@ def error(message: str) -> None:
     console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 
 
-def note(message: str) -> None:
-    """A line for people on stderr (stdout stays the command's result, JSON with --json)."""
-    from rich.markup import escape
-
-    console(stderr=True).print(escape(message))
-
-
 def warn(message: str) -> None:
     from rich.markup import escape
 

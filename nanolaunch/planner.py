@@ -252,7 +252,7 @@ def _data_plan(config: RunConfig, tokens: int) -> dict:
         return _folder_plan(t.data if kind == "local" else data_dir(config), tokens)
     if kind != "hub":
         return dict(NO_DATA_PLAN)
-    if (t.data, t.data_config, t.data_split, t.val_shard) == (fineweb.REPO, None, "train", None):
+    if fineweb.is_default(t.data, t.data_config) and (t.data_split, t.val_shard) == ("train", None):  # its layout
         files, chars, chars_from = fineweb.SHARDS_TOTAL, fineweb.CHARS_PER_SHARD, fineweb.CHARS_FROM
         size, size_from = fineweb.BYTES_PER_SHARD, fineweb.BYTES_FROM
     else:  # asks the Hub once, then reads the listing the trainer will use too

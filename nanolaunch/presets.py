@@ -13,13 +13,18 @@ from pathlib import Path
 
 from nanolaunch.config import ConfigError, RunConfig
 from nanolaunch.errors import NanolaunchError
+from trainer import events
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "presets"
 TOP_LEVEL = {"description", "base", "config", "provenance", "results"}
-RESULT_FIELDS = {
-    "val_bpb": float, "gzip_bpb": float, "mfu": float, "step_ms": float, "tokens_per_second": float,
-    "peak_memory_gib": float, "wall_seconds": float, "cost_usd": float, "usd_per_hour": float,
-}
+
+
+def result_fields() -> dict[str, type]:
+    """What a preset's results hold: what its run measured (the trainer's Result fields marked preset) and
+    what it cost (the ledger's)."""
+    return {**events.Result.preset_fields(), "wall_seconds": float, "cost_usd": float, "usd_per_hour": float}
+
+
 PROVENANCE_FIELDS = {"source", "run_id", "date", "device_name", "commit", "price_source", "note"}
 
 
@@ -86,7 +91,7 @@ def load(name: str, _chain: tuple[str, ...] = ()) -> Preset:
         name=name, path=path, config=RunConfig.from_mapping(config, str(path)),
         description=str(data.get("description", "")), base=base,
         provenance=_checked(data.get("provenance", {}), {k: str for k in PROVENANCE_FIELDS}, path, "provenance"),
-        results=_checked(data.get("results", {}), RESULT_FIELDS, path, "results"),
+        results=_checked(data.get("results", {}), result_fields(), path, "results"),
     )
 
 

@@ -201,15 +201,15 @@ class Clouds:
 
 
 def enabled_clouds() -> Clouds:
-    """The clouds SkyPilot's optimizer will choose among: its cached `sky check` result (backends/skypilot.py).
+    """The clouds SkyPilot's optimizer will choose among: its cached `sky check` result (backends/sky_sdk.py).
     No state database yet, or nothing enabled: every cloud, and the note says so."""
     state = Path(os.environ.get("SKY_RUNTIME_DIR") or str(Path.home())) / ".sky" / "state.db"
     if not state.exists():
         return Clouds(None, "all clouds (SkyPilot has no record of enabled clouds: run `sky check`)")
     try:
-        from nanolaunch.backends import skypilot
+        from nanolaunch.backends import sky_sdk
 
-        found = skypilot.enabled_clouds()
+        found = sky_sdk.enabled_clouds()
     except Exception as e:  # noqa: BLE001 -- SkyPilot's own state unreadable: price every cloud, and say why
         return Clouds(None, f"all clouds (SkyPilot's record of enabled clouds is unreadable: {type(e).__name__})")
     names = frozenset(found)

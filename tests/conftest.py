@@ -1,6 +1,7 @@
 """Shared, session-scoped fixtures: a tiny real corpus (stdlib text) and a tokenizer trained on it."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,10 @@ os.environ["HF_ENDPOINT"] = HUB.url
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nl-test-hf-home-")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_TOKEN", None)
+
+# W&B: the real client is installed (the `test` extra); a trainer started with a W&B project by a test that
+# asked for neither wandb_offline nor wandb_stub logs nowhere, and never goes online.
+os.environ["WANDB_MODE"] = "disabled"
 
 
 @pytest.fixture
@@ -88,9 +93,44 @@ def tiny_preset(iterations: int, **config) -> str:
 
 
 @pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """The real W&B client, offline, for every process started from the test; yields WANDB_DIR (each run is
+    a folder wandb/offline-run-*/ there, read by tests/test_wandb.py). No key, no user settings, nothing of
+    the user's home; no system metrics, git or code capture, console capture or error reports. The loopback
+    guard is on here and in every Python started (tests/loopback_guard.py): an attempt to reach beyond
+    loopback is refused, logged, and fails the test. wandb-core, the client's service, is a Go binary the
+    guard cannot see: offline it opens only a Unix socket to the client (seen with strace)."""
+    for name in [n for n in os.environ if n.startswith("WANDB_")]:  # no key, server, entity or mode of the user's
+        monkeypatch.delenv(name)
+    root = tmp_path / "wandb"
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": root, "WANDB_CONFIG_DIR": root / "config",
+                        "WANDB_CACHE_DIR": root / "cache", "WANDB_DATA_DIR": root / "data",
+                        "WANDB_ARTIFACT_DIR": root / "artifacts", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
+                        "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true", "WANDB_ERROR_REPORTING": "false",
+                        "WANDB__DISABLE_STATS": "true", "WANDB__DISABLE_META": "true",
+                        "WANDB__DISABLE_MACHINE_INFO": "true"}.items():
+        monkeypatch.setenv(name, str(value))
+    root.mkdir()
+    # wandb-core leaves its socket's folder in TMPDIR: a short one of the test's (a socket's path is short)
+    sockets = Path(tempfile.mkdtemp(prefix="nl-wandb-"))
+    monkeypatch.setenv("TMPDIR", str(sockets))
+    network = tmp_path / "network.log"
+    monkeypatch.setenv("NL_TEST_NETWORK_LOG", str(network))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "loopback_only"),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    import loopback_guard
+
+    loopback_guard.install(monkeypatch.setattr)  # and here, where the test reads the run with wandb's reader
+    yield root
+    shutil.rmtree(sockets, ignore_errors=True)
+    assert not network.exists(), f"beyond loopback: {network.read_text()}"
+
+
+@pytest.fixture
 def wandb_stub(tmp_path, monkeypatch) -> Path:
     """The W&B client replaced by tests/stubs/wandb.py for every process started from the test; returns the
-    file its logging goes to."""
+    file its logging goes to. Only where a test needs a run's URL: offline, the real client has none (see
+    wandb_offline for the real one)."""
     stubs = Path(__file__).parent / "stubs"
     monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv("WANDB_STUB_LOG", str(tmp_path / "wandb.jsonl"))

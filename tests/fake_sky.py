@@ -1,4 +1,4 @@
-"""A stand-in for the SkyPilot SDK at nanolaunch's boundary (nanolaunch/backends/skypilot.py).
+"""A stand-in for the SkyPilot SDK at nanolaunch's boundary (nanolaunch/backends/sky_sdk.py).
 
 It records every call, and runs each submitted task for real on this machine, the way one SkyPilot
 node would: the task's setup, then its run, with the single-node SKYPILOT_* variables, the task's envs

@@ -119,11 +119,11 @@ def test_ledger_add_then_logs_json_prints_the_row_after_the_log(home, tmp_path):
 
 
 def test_down_json(home, monkeypatch):
-    from nanolaunch.backends import skypilot
+    from nanolaunch.backends import sky_sdk
 
     run_id = Ledger().add(kind="run", status="running", title="t", backend="skypilot", cluster="nl-1",
                           sky_job_id=1, config={})
-    monkeypatch.setattr(skypilot, "down", lambda cluster: True)
+    monkeypatch.setattr(sky_sdk, "down", lambda cluster: True)
     result = CliRunner().invoke(app, ["down", str(run_id), "--json"])
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)

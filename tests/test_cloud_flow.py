@@ -10,11 +10,13 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from nanolaunch.backends import skypilot
+from nanolaunch import session
+from nanolaunch.backends import sky_sdk, skypilot
+from nanolaunch.session import Follower
 from nanolaunch.cli import app
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
-from nanolaunch.launch import Request
+from nanolaunch.session import Request
 from nanolaunch.ledger import Ledger
 
 from fake_sky import FakeSky
@@ -37,8 +39,8 @@ def install(monkeypatch, tmp_path, *, clouds=("AWS", "GCP", "Lambda"), **behavio
     """The fake SDK, and what `sky check` recorded (SkyPilot's state database is one per process: writing it
     here would leak into every later test)."""
     fake = FakeSky(tmp_path / "bucket", **behaviour)
-    monkeypatch.setattr(skypilot, "sdk", lambda: fake)
-    monkeypatch.setattr(skypilot, "enabled_clouds", lambda: list(clouds))
+    monkeypatch.setattr(sky_sdk, "sdk", lambda: fake)
+    monkeypatch.setattr(sky_sdk, "enabled_clouds", lambda: list(clouds))
     return fake
 
 
@@ -65,7 +67,7 @@ def test_run_launches_follows_records_and_tears_down(env, tmp_path, monkeypatch)
     assert [e["kind"] for e in events] == ["launch", "down", "checkpoint_kept"]
     assert events[-1]["detail"].startswith("step 12: ")  # the checkpoint that outlived the teardown
     assert f"runs/{row['id']:05d}/checkpoints/step_000012 " in events[-1]["detail"]
-    assert fake.calls[-1][2] == {"graceful": True, "graceful_timeout": skypilot.UPLOAD_TIMEOUT_S}
+    assert fake.calls[-1][2] == {"graceful": True, "graceful_timeout": sky_sdk.UPLOAD_TIMEOUT_S}
     # the trainer wrote into the bucket, the launcher kept the log, and the secret reached only the job
     assert (tmp_path / "bucket" / "runs" / f"{row['id']:05d}" / "result.json").exists()
     assert fake.secrets_seen == [{"WANDB_API_KEY": SECRET}]
@@ -159,7 +161,7 @@ def test_skypilot_errors_become_one_line(env, tmp_path, monkeypatch, sky_home, e
 
 def test_a_task_skypilot_rejects_closes_its_row(env, tmp_path, monkeypatch):
     install(monkeypatch, tmp_path)
-    monkeypatch.setattr(skypilot, "render", lambda *a, **k: {"name": "nl-x", "resources": {"acelerators": "H100:1"}})
+    monkeypatch.setattr(session, "render", lambda *a, **k: {"name": "nl-x", "resources": {"acelerators": "H100:1"}})
     with pytest.raises(NanolaunchError, match="SkyPilot rejects the task"):
         skypilot.run(request())
     row = Ledger().rows("cloud")[-1]
@@ -173,7 +175,7 @@ def test_status_logs_and_down(env, tmp_path, monkeypatch):
     row = skypilot.run(request(iterations=6))
     # Its cluster still up, as when a launcher dies before teardown: the same task on the same cluster.
     task = yaml.safe_load((skypilot.run_dir(row["id"]) / "task.yaml").read_text())
-    job_id, _ = skypilot.launch(skypilot.to_task(task), row["cluster"])
+    job_id, _ = sky_sdk.launch(sky_sdk.to_task(task), row["cluster"])
     runner = CliRunner()
     shown = runner.invoke(app, ["status", "--json"])
     assert shown.exit_code == 0, shown.output
@@ -203,7 +205,7 @@ def test_skypilots_count_of_recoveries_stands_where_the_stream_missed_an_attempt
     records the recovery SkyPilot counted (what the Slurm test does not always hit, forced here)."""
     ledger = Ledger()
     run_id = ledger.add(kind="run", config={}, backend="sky", status="running", managed=1)
-    follower = skypilot.Follower(ledger, run_id, None)
+    follower = Follower(ledger, run_id, None)
     follower('{"event": "start", "v": 1, "time": 1.0, "mode": "train", "resumed_from_step": 20}')  # the 2nd only
     follower.settle_recoveries(1)
     assert ledger.get(run_id)["recoveries"] == 1

@@ -38,3 +38,14 @@ def test_a_command_without_its_subcommand_prints_help_not_an_error(capsys):
             sys.argv = argv
     assert e.value.code in (0, 2)
     assert "error" not in capsys.readouterr().err.lower()
+
+
+def test_from_the_repo_root_import_sky_is_skypilot():
+    """No folder of the repo shadows SkyPilot's package (`sky/` once did: `to_task` failed with "module 'sky' has
+    no attribute 'Task'" wherever SkyPilot was absent)."""
+    import subprocess
+    import sys
+
+    found = subprocess.run([sys.executable, "-c", "import sky; print(sky.__file__)"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert "site-packages" in found and not found.startswith(str(REPO / "sky"))

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from nanolaunch.backends.local import environment, free_port, run_task
+from nanolaunch.events import RunState
+from nanolaunch.session import outcome
 from nanolaunch.config import RunConfig
 from nanolaunch.task import MASTER_PORT_ENV, TEMPLATE, RunOptions, render
 from trainer import settings
@@ -50,16 +52,18 @@ def assert_all_arrived(config: dict, sent: dict) -> None:
     assert set(settings.names()) <= set(config)
 
 
-def test_every_setting_reaches_the_trainer_through_the_local_backend(tmp_path, wandb_stub):
+def test_every_setting_reaches_the_trainer_through_the_local_backend(tmp_path, wandb_offline):
     sent = every_setting_changed(tmp_path)
     config = RunConfig.build(**sent, gpu="cpu")
     task = render(config, RunOptions(master_port=free_port()))
-    outcome = run_task(task, tmp_path / "folder")
-    assert outcome.status == "ok", (tmp_path / "folder" / "train.log").read_text()[-3000:]
-    assert_all_arrived(outcome.state.start["config"], sent)
+    state = RunState()
+    ended = run_task(task, tmp_path / "folder", on_line=state.feed)
+    assert outcome(state, ended, tmp_path / "folder" / "train.log").status == "ok", \
+        (tmp_path / "folder" / "train.log").read_text()[-3000:]
+    assert_all_arrived(state.start["config"], sent)
 
 
-def test_every_setting_reaches_the_trainer_through_the_rendered_skypilot_task(tmp_path, wandb_stub):
+def test_every_setting_reaches_the_trainer_through_the_rendered_skypilot_task(tmp_path, wandb_offline):
     sent = every_setting_changed(tmp_path)
     config = RunConfig.build(**sent, gpu="H100:1")
     task = yaml.safe_load(yaml.safe_dump(render(config, RunOptions(bucket="nl-test-bucket", master_port=free_port()))))

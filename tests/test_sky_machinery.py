@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nanolaunch.backends import skypilot
+from nanolaunch import session
+from nanolaunch.backends import sky_sdk, skypilot
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.task import RunOptions, render, to_yaml
@@ -39,7 +40,7 @@ def test_the_api_server_accepts_our_secrets_with_or_without_a_key(key, sky_home,
             monkeypatch.setenv(name, f"{name}-{key}")
         else:
             monkeypatch.delenv(name, raising=False)
-    task = skypilot.to_task(yaml.safe_load(to_yaml(cloud_task())), skypilot.secrets_from_env())
+    task = sky_sdk.to_task(yaml.safe_load(to_yaml(cloud_task())), sky_sdk.secrets_from_env())
     dag = as_the_server_gets_it(task)
     execution._resolve_managed_secrets(dag)  # raised "No value available for secret(s)" for every launch
     got = {k: v.get_secret_value() for k, v in dag.tasks[0].secrets.items()}
@@ -52,7 +53,7 @@ def test_a_null_secret_in_the_task_is_what_the_api_server_refuses(sky_home):
     from sky import execution
 
     old = {**cloud_task(), "secrets": {"WANDB_API_KEY": None}}
-    task = skypilot.to_task(old, {"WANDB_API_KEY": "set-at-launch"})
+    task = sky_sdk.to_task(old, {"WANDB_API_KEY": "set-at-launch"})
     with pytest.raises(RuntimeError, match="No value available for secret"):
         execution._resolve_managed_secrets(as_the_server_gets_it(task))
 
@@ -124,7 +125,7 @@ def epilogue_line(job_id: int, returncodes: list[int]) -> str:
 def test_sky_job_codes_are_skypilots():
     from sky.exceptions import JobExitCode
 
-    assert skypilot.SKY_JOB_CODES == {c.value: c.name for c in JobExitCode}
+    assert session.SKY_JOB_CODES == {c.value: c.name for c in JobExitCode}
 
 
 @pytest.mark.parametrize("returncodes, status", [([3], "oom"), ([7], "crashed"), ([137, 4], "over_budget")])
@@ -135,14 +136,14 @@ def test_a_job_without_a_result_is_judged_by_its_own_exit_code(returncodes, stat
     monkeypatch.setenv("NANOLAUNCH_HOME", str(tmp_path))
     ledger = Ledger()
     run_id = ledger.add(project="t", title="t", kind="run", config={}, backend="sky", status="running")
-    follower = skypilot.Follower(ledger, run_id, None)
+    follower = skypilot.Reattached(ledger, ledger.get(run_id))
     follower.log_path.parent.mkdir(parents=True)
     follower.log_path.write_text("step 1\ntrainer: killed\n")
     for line in epilogue_line(5, returncodes).splitlines():
         follower(line)
-    got, result = skypilot._outcome(follower, 100)
+    result = session.outcome(follower.follower.state, follower.epilogue.ended(100), follower.log_path)
     code = next(c for c in returncodes if c != 137)
-    assert got == status and result["error"].startswith(f"exit {code}: ") and "trainer: killed" in result["error"]
+    assert result.status == status and result.error.startswith(f"exit {code}: ") and "trainer: killed" in result.error
 
 
 def test_the_feasibility_table_is_skypilots_own():
@@ -198,11 +199,11 @@ def test_a_failed_setup_is_said_with_its_exit_code(tmp_path, monkeypatch):
 
     monkeypatch.setenv("NANOLAUNCH_HOME", str(tmp_path))
     ledger = Ledger()
-    follower = skypilot.Follower(ledger, ledger.add(project="t", title="t", kind="run", config={}, backend="sky",
-                                                    status="running"), None)
+    follower = skypilot.Reattached(ledger, ledger.get(ledger.add(project="t", title="t", kind="run", config={},
+                                                                 backend="sky", status="running")))
     follower("ERROR: \x1b[31mJob 1's setup failed with return code 1 (pid=13720). See error logs above.\x1b[0m")
-    status, result = skypilot._outcome(follower, 100)
-    assert status == "crashed" and result["error"].startswith("setup failed (exit 1): ")
+    result = session.outcome(follower.follower.state, follower.epilogue.ended(100), follower.log_path)
+    assert result.status == "crashed" and result.error.startswith("setup failed (exit 1): ")
 
 
 def test_no_cloud_with_object_storage_is_said_as_such(sky_home, monkeypatch):
@@ -215,8 +216,20 @@ def test_no_cloud_with_object_storage_is_said_as_such(sky_home, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)  # SkyPilot counts a Hugging Face token as a storage cloud
     monkeypatch.setattr(sky_check, "get_cached_enabled_clouds_or_refresh", lambda capability, **kw: [])
     with pytest.raises(NanolaunchError) as raised:
-        with skypilot.errors("launching nl-1"):
+        with sky_sdk.errors("launching nl-1"):
             storage.get_cached_enabled_storage_cloud_names_or_refresh(raise_if_no_cloud_access=True)
     message = str(raised.value)
     assert "no enabled cloud has object storage" in message and "--infra slurm/NAME" in message
     assert "\n" not in message
+
+
+def test_without_skypilots_epilogue_line_the_code_comes_from_torchruns_summary(tmp_path):
+    """On Slurm the job's output may end before SkyPilot's epilogue prints the run command's codes (seen in CI):
+    tail_logs says FAILED, and torchrun's summary still names the trainer's own code."""
+    from nanolaunch.events import RunState
+
+    log = tmp_path / "train.log"
+    log.write_text("exiting_trainer FAILED\nRoot Cause (first observed failure):\n[0]:\n  exitcode  : 3 (pid: 14706)\n"
+                   "srun: error: vm: task 0: Exited with exit code 1\n")
+    result = session.outcome(RunState(), skypilot.Epilogue(lambda line: None).ended(100), log)
+    assert result.status == "oom" and result.error.startswith("exit 3: ")

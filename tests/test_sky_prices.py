@@ -106,7 +106,7 @@ import sky, sky.check
 from sky import global_user_state, skypilot_config
 from sky.clouds.cloud import CloudCapability
 from nanolaunch import planner, prices
-from nanolaunch.backends import skypilot
+from nanolaunch.backends import sky_sdk
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.task import RunOptions, render
@@ -121,7 +121,7 @@ for clouds in json.loads(sys.argv[1]):
             config = RunConfig.build(depth=12, gpu=gpu, device_batch=4, spot=spot)
             plan = planner.plan(config)
             try:
-                theirs = skypilot.optimize(skypilot.to_task(render(config, RunOptions(bucket="nl-bucket"))))
+                theirs = sky_sdk.optimize(sky_sdk.to_task(render(config, RunOptions(bucket="nl-bucket"))))
             except NanolaunchError as e:
                 theirs = {"error": str(e)}
             print(json.dumps({"clouds": clouds, "gpu": gpu, "spot": spot, "ours": plan["usd_per_hour"],

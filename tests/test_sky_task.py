@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from nanolaunch import presets, prices
-from nanolaunch.backends import skypilot
+from nanolaunch.backends import sky_sdk
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.backends.local import environment, free_port
@@ -36,7 +36,7 @@ def test_every_preset_task_validates_with_skypilot(name, sky_home):
         for spot in (False, True):
             config = base.replace(gpu=gpu, nodes=nodes, spot=spot)
             task = cloud_task(config, managed=spot)
-            built = skypilot.to_task(yaml.safe_load(to_yaml(task)), {"WANDB_API_KEY": "x"})  # what `sky launch` reads
+            built = sky_sdk.to_task(yaml.safe_load(to_yaml(task)), {"WANDB_API_KEY": "x"})  # what `sky launch` reads
             kind, count = gpu.split(":")
             needed = prices.needs(nodes=nodes, spot=spot)
             expected = {o.instance_type for o in prices.offers_for(kind, int(count), needed)
@@ -61,7 +61,7 @@ def test_skypilot_rejects_a_broken_task_in_one_line(sky_home):
     task = cloud_task(RunConfig.build(depth=4), managed=False)
     task["resources"]["accelerator"] = "H100:1"  # a typo SkyPilot's schema catches
     with pytest.raises(NanolaunchError, match="SkyPilot rejects the task") as caught:
-        skypilot.to_task(task)
+        sky_sdk.to_task(task)
     assert "\n" not in str(caught.value)
 
 
@@ -78,7 +78,7 @@ def test_yaml_command_prints_a_task_sky_launch_accepts(sky_home):
                                            "config": {"mount_cached": {"vfs_cache_max_size": "59G"}}}}
     assert task["resources"]["disk_size"] == 256  # the plan's disk line for d34 on 8×H100 (SkyPilot's default)
     assert task["envs"]["NL_DEPTH"] == "34" and task["envs"]["NL_DEVICE_BATCH"] == "4"
-    skypilot.to_task(task)
+    sky_sdk.to_task(task)
 
 
 def test_two_nodes_rendezvous_from_the_skypilot_variables(tmp_path):
@@ -137,7 +137,7 @@ def test_the_task_asks_for_the_plans_disk_and_bounds_the_bucket_cache(sky_home):
     place = placement(config, "00007", bucket="nl-test-bucket", disk=disk)
     task = render(config.replace(run_dir=place.run_dir, data_dir=place.data_dir, store_dir=place.store_dir),
                   place.opts, name="nl-7")
-    built = skypilot.to_task(yaml.safe_load(to_yaml(task)))
+    built = sky_sdk.to_task(yaml.safe_load(to_yaml(task)))
     assert {r.disk_size for r in built.resources} == {disk["disk_size_gb"]}
     mount = built.storage_mounts[STORE]
     assert "--vfs-cache-max-size {}G".format(disk["cache_gb"]) in mount.mount_cached_config.to_rclone_flags()

@@ -77,7 +77,7 @@ def complete_checkpoints(run_dir) -> list[Path]:
     if not base.is_dir():
         return []
     found = [p for p in base.iterdir() if p.is_dir() and is_complete(p)]
-    return sorted(found, key=lambda p: int(_STEP.match(p.name).group(1)))
+    return sorted(found, key=step_of)
 
 
 def latest(run_dir) -> Path | None:
@@ -228,3 +228,30 @@ def check_fits(path: Path, ck: dict, mine: dict) -> str | None:
         return None
     diff = ", ".join(f"{k} {theirs[k]} → {mine[k]}" for k in mine if theirs[k] != mine[k])
     return f"checkpoint {path} does not fit these settings ({diff}); use another run_dir"
+
+
+def resume(run_dir, *, rank: int, world_size: int, facts: dict, model, optimizers, device: torch.device):
+    """Load the latest complete checkpoint (rank 0's choice) into the model, this rank's optimizer shard and RNG:
+    (its step, this rank's loader state, its loop state), or None where there is none and the run starts fresh."""
+    from trainer.common import log
+    from trainer.settings import SettingError
+    path = agreed_latest(run_dir)
+    if path is None:
+        log(f"resume: no complete checkpoint in {root(run_dir)}; starting fresh")
+        return None
+    try:
+        ck = load(path, rank, world_size)
+    except CheckpointError as e:
+        raise SettingError(str(e)) from None
+    problem = check_fits(path, ck, facts)
+    if problem:
+        raise SettingError(problem)
+    model.load_state_dict(ck["model"])
+    for opt, sd in zip(optimizers, ck["optim"]):
+        opt.load_state_dict(sd)
+    loader_state = ck["rank"]["loader"]
+    restore_rng(ck["rank"]["rng"], device)
+    st = ck["state"]
+    log(f"resume: {path} (step {st['step']:,} of {st.get('iterations')}, val_bpb {st.get('val_bpb')}, "
+        f"{st.get('wall_seconds', 0.0):.0f}s of earlier wall time)")
+    return st["step"], loader_state, st

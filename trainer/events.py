@@ -5,6 +5,7 @@ written atomically to RUN_DIR/result.json. Torch-free: nanolaunch imports this m
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,8 @@ import re
 import sys
 import tempfile
 import time
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 VERSION = 1
@@ -23,6 +26,69 @@ RESULT_NAME = "result.json"
 # torchrun exits 1 whenever a worker fails; its failure summary names the first failed worker's own code:
 #   Root Cause (first observed failure):  …  exitcode  : 3 (pid: 2085)
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def figure(preset: bool = False, row: bool = True):
+    """A result field; `preset`: a promoted preset carries it; `row`: it reaches the ledger row and its exports
+    (False where the ledger measures the same name itself)."""
+    return field(default=None, metadata={"preset": preset, "row": row})
+
+
+@dataclass
+class Result:
+    """The trainer's result: the `result` event and RUN_DIR/result.json (docs/events.md). The one list of its
+    fields: the ledger row, `--json`/`--csv` exports and promoted presets are derived from it, so a new field is
+    added here and nowhere else (the ledger keeps fields without a column of their own in the row's result JSON)."""
+    status: str
+    steps: int | None = figure()
+    val_bpb: float | None = figure(preset=True)
+    gzip_bpb: float | None = figure(preset=True)  # gzip -9 on the very text val_bpb was measured on
+    loss: float | None = figure()
+    device_batch: int | None = figure()  # as run: smaller than planned after an OOM before the first update
+    device_name: str | None = figure()
+    machine: str | None = figure()  # a CPU's key (trainer/hardware.py)
+    data: str | None = figure()  # what it trained on, as resolved: id[:config][/split]@commit
+    mfu: float | None = figure(preset=True)
+    peak_memory_gib: float | None = figure(preset=True)  # allocated, on the busiest rank
+    peak_reserved_gib: float | None = figure()  # CUDA: what the caching allocator held
+    tokens_per_second: float | None = figure(preset=True)
+    step_ms: float | None = figure(preset=True)  # median, the first step of the process left out
+    step_ms_mean: float | None = figure()
+    eval_seconds: float | None = figure()
+    wall_seconds: float | None = figure(row=False)  # this process; the ledger counts the launch to teardown
+    total_wall_seconds: float | None = figure(row=False)  # with the earlier segments of a resumed run
+    error: str | None = None
+
+    @classmethod
+    def of(cls, record: dict | None, status: str | None = None) -> "Result":
+        """From a result record (an event, result.json, or what a follower saw), fields it does not know left out."""
+        record = dict(record or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in record.items() if k in names}
+        known["status"] = status or known.get("status") or "crashed"
+        return cls(**known)
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def row(self) -> dict:
+        """What the ledger row takes: every row field that has a value."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.metadata.get("row") and getattr(self, f.name) is not None}
+        if self.error:
+            values["error"] = str(self.error)[:2000]
+        return values
+
+    @classmethod
+    def row_fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("row")) + ("error",)
+
+    @classmethod
+    def preset_fields(cls) -> dict[str, type]:
+        """The figures a promoted preset carries, with their types."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: next(t for t in typing.get_args(hints[f.name]) if t is not type(None))
+                for f in dataclasses.fields(cls) if f.metadata.get("preset")}
 
 
 def trainer_exit_code(log_text: str) -> int | None:
@@ -69,11 +135,11 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def emit_result(run_dir: Path | None, status: str, **fields) -> dict:
+def emit_result(run_dir: Path | None, result: Result) -> dict:
     """Print the result event and write it to RUN_DIR/result.json (best effort: a full disk must not
     hide the result line)."""
-    assert status in STATUSES, status
-    record = emit("result", status=status, **fields)
+    assert result.status in STATUSES, result.status
+    record = emit("result", **result.record())
     if run_dir is not None:
         try:
             write_json_atomic(Path(run_dir) / RESULT_NAME, record)

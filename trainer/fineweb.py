@@ -18,6 +18,11 @@ BYTES_FROM = "nanochat's speedrun.sh: each shard is ~100MB of text (compressed)"
 CHARS_PER_TOKEN_RANGE = (3.5, 5.0)
 
 
+def is_default(data: str, data_config: str | None) -> bool:
+    """Whether a dataset is this one, whose facts above stand in for asking the Hub."""
+    return data == REPO and data_config is None
+
+
 def train_shards_needed(tokens: int, chars_per_shard: float = CHARS_PER_SHARD) -> int:
     """Training shards for one epoch of `tokens` at the worst characters/token."""
     return math.ceil(tokens * CHARS_PER_TOKEN_RANGE[1] / chars_per_shard)

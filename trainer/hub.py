@@ -159,7 +159,7 @@ def list_files(source: Source, *, val_index: int | None = None) -> Listing:
                       sha256={i.path: i.lfs.sha256 if i.lfs else None for i in infos}, val_index=val_index,
                       bytes_per_shard=sum(sizes) / len(sizes) if sizes else None)
     split = (builder.info.splits or {}).get(source.split)
-    if source.repo == fineweb.REPO and source.config is None:
+    if fineweb.is_default(source.repo, source.config):
         listing.chars_per_shard, listing.chars_from = fineweb.CHARS_PER_SHARD, fineweb.CHARS_FROM
     elif split is not None and split.num_bytes:
         listing.chars_per_shard = split.num_bytes / len(files[source.split])

@@ -65,6 +65,26 @@ def data_kind(value: str) -> str:
     return value if value in BUILT_IN_DATA else "local" if value.startswith("/") else "hub"
 
 
+def parse_data(spec: str) -> dict:
+    """What a user writes for the data (`--data`), as settings: a built-in name, a folder as its absolute path,
+    or a Hub dataset ID[:CONFIG][@REVISION] split into data, data_config and data_revision. The one parser of
+    it; `data_kind` is the one classifier of the result."""
+    import os
+
+    if spec in BUILT_IN_DATA:
+        return {"data": spec}
+    if spec.startswith(("/", ".", "~")) or os.path.isdir(spec):
+        path = os.path.abspath(os.path.expanduser(spec))
+        if not os.path.isdir(path):
+            raise SettingError(f"{spec}: no such folder")
+        return {"data": path}
+    m = re.fullmatch(rf"({DATASET_ID})(?::([\w.-]+))?(?:@([\w./-]+))?", spec)
+    if not m:
+        raise SettingError(f"{spec!r}: give a dataset as OWNER/NAME[:CONFIG][@REVISION], a folder, stdlib or "
+                           "synthetic")
+    return {"data": m[1], "data_config": m[2], "data_revision": m[3]}
+
+
 def data_slug(cfg) -> str:
     """A folder name for a config's data cache: one per Hub dataset and config, per local folder, per built-in."""
     kind = data_kind(cfg.data)

@@ -18,7 +18,7 @@ import time
 from contextlib import nullcontext
 
 from trainer.arithmetic import ShapeError, grad_accum_steps, iterations_for
-from trainer.events import EXIT_CODES, USAGE_EXIT, emit, emit_result
+from trainer.events import EXIT_CODES, USAGE_EXIT, Result, emit, emit_result
 from trainer.hardware import cores, mfu, peak_flops, this_cpu
 from trainer.settings import SettingError, TrainConfig, from_sources
 
@@ -60,7 +60,7 @@ class Run:
     def wall(self) -> float:
         return self.wall_before + time.time() - self.t_start
 
-    def summary(self, status: str, error: str | None = None) -> dict:
+    def summary(self, status: str, error: str | None = None) -> Result:
         from trainer.common import peak_memory_gib
         med = self.median_step_ms()
         tps = self.cfg.total_batch / (med / 1000) if med else None
@@ -73,7 +73,7 @@ class Run:
                     reserved = round(torch.cuda.max_memory_reserved(self.device) / 2**30, 4)
             except Exception:
                 pass
-        return dict(status=status, steps=self.steps, val_bpb=self.val_bpb, gzip_bpb=self.gzip_bpb, loss=self.loss,
+        return Result(status=status, steps=self.steps, val_bpb=self.val_bpb, gzip_bpb=self.gzip_bpb, loss=self.loss,
                     device_batch=self.cfg.device_batch,
                     device_name=self.device_name, machine=self.machine, data=self.data,
                     mfu=mfu(self.cfg.shape.flops_per_token, tps, self.peak, self.world_size),
@@ -87,271 +87,320 @@ class Run:
 
 def train(cfg: TrainConfig, run: Run) -> str:
     """Set up, print every derived number, train to the horizon; returns the status."""
-    import torch
-    import torch.distributed as dist
+    trainer = Trainer(cfg, run)
+    status = trainer.loop()
+    trainer.finish()
+    return status
 
-    from trainer import checkpoint, common
-    from trainer.common import log
-    from trainer.dataset import prepare
-    from trainer.evaluate import Evaluator
-    from trainer.gpt import GPT
-    from trainer.precision import choose as choose_precision
-    from trainer.optim import apply_schedule, build_optimizers, compile_newton_schulz, dmodel_lr_scale, lr_multiplier
 
-    # -- device and processes --------------------------------------------------------------------------------
-    run.env = env = common.dist_env()
-    common.set_master(env.master)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise SettingError("device cuda but torch sees no CUDA device")
-    kind = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    run.device = device = torch.device(kind, env.local_rank) if kind == "cuda" else torch.device("cpu")
-    if kind == "cuda":
-        torch.cuda.set_device(device)
-        torch.set_float32_matmul_precision("high")
-    threads = cfg.threads or max(1, cores() // env.local_world_size)
-    torch.set_num_threads(threads)
-    compiled = cfg.compile if cfg.compile is not None else kind == "cuda"
-    fused_loss = cfg.fused_loss if cfg.fused_loss is not None else kind == "cpu"
-    probe = cfg.probe is not None
-    common.init_distributed(env, kind)
-    precision = choose_precision(cfg.dtype, device)
-    dtype = precision.dtype
-    run.world_size = env.world_size
-    autocast = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
+class Trainer:
+    """One process's share of a run. What nanochat's script keeps in globals are fields here, so that setup, the
+    step and the loop each read on one screen. torch is imported inside the methods: main sets OMP_WAIT_POLICY
+    before torch loads. It stays in this module: under `python -m trainer.train` this module is __main__, and a
+    module that imported trainer.train would read a second Stop, one the signal handler never sets."""
 
-    # -- every derived number, from the one arithmetic module ----------------------------------------------
-    shape = cfg.shape
-    try:
-        grad_accum = grad_accum_steps(cfg.total_batch, cfg.device_batch, cfg.seq_len, env.world_size)
-        iterations = cfg.probe if probe else iterations_for(shape.params, cfg.total_batch,
-                                                            flops_per_token=shape.flops_per_token, **cfg.horizon)
-    except ShapeError as e:
-        raise SettingError(str(e)) from None
-    tokens = iterations * cfg.total_batch
-    run.device_name = name = common.device_name(device)
-    run.machine = None if kind == "cuda" else this_cpu().key
-    run.peak = peak_flops(name) if kind == "cuda" else None
-    log(f"device: {name} ({kind}), world size {env.world_size}, {threads} threads/process, "
-        f"compile {'on' if compiled else 'off'}, fused loss {'on' if fused_loss else 'off'}")
-    log(f"precision: {precision.describe()}")
-    log(f"model: depth {shape.depth}, model_dim {shape.model_dim} = 64·{shape.depth}, {shape.n_head} heads × "
-        f"{shape.actual_head_dim}, vocab {shape.vocab_size:,}, seq_len {shape.seq_len:,}")
-    log(f"params: {shape.params:,} = 2·{shape.vocab_size:,}·{shape.model_dim} + 12·{shape.depth}·{shape.model_dim}² "
-        f"(matrices {shape.matrix_params:,}, embedding {shape.embedding_params:,}, head {shape.head_params:,})")
-    log(f"FLOPs/token: {shape.flops_per_token:,} = 6·(params − embedding) + 12·L·heads·head_dim·T")
-    log(f"batch: {cfg.total_batch:,} tokens/step = {cfg.device_batch} seq × {cfg.seq_len:,} tokens × "
-        f"{env.world_size} ranks × {grad_accum} micro-steps")
-    (horizon, value), = cfg.horizon.items()
-    how = ("probe" if probe else "iterations" if horizon == "iterations" else
-           f"ratio {value:g} × {shape.params:,} params / {cfg.total_batch:,}" if horizon == "ratio" else
-           f"{value:.4g} FLOPs / ({shape.flops_per_token:,} · {cfg.total_batch:,})")
-    log(f"horizon: {iterations:,} steps ({how}), {tokens:,} tokens (tokens:params {tokens / shape.params:.2f}), "
-        f"{tokens * shape.flops_per_token:.4e} FLOPs")
-    log(f"peak dense bf16: {f'{run.peak / 1e12:g} TFLOP/s per device' if run.peak else 'unknown (MFU reported as null)'}")
+    def __init__(self, cfg: TrainConfig, run: Run):
+        self.cfg, self.run = cfg, run  # cfg changes once per out-of-memory halving (halve_batch)
+        self.probe = cfg.probe is not None
+        self._processes()
+        self._horizon()
+        self._build()
+        self._start()
 
-    # -- data, model, optimizers, resume ---------------------------------------------------------------------
-    run.dataset = data = prepare(cfg, env, tokens)
-    run.data = "synthetic" if data.synthetic else data.described
-    if cfg.memory_limit_gib:
-        log(common.limit_memory(cfg.memory_limit_gib, device))
-    torch.manual_seed(cfg.seed)
-    with device:
-        model = GPT(shape, fused_loss=fused_loss)
-        model.init_weights()
-    n = sum(p.numel() for p in model.parameters())
-    assert n == shape.params, f"model has {n:,} parameters, ModelShape says {shape.params:,}"
-    optimizers = build_optimizers(model, matrix_lr=cfg.matrix_lr, embedding_lr=cfg.embedding_lr,
-                                  unembedding_lr=cfg.unembedding_lr, device_type=kind,
-                                  ns_dtype=precision.newton_schulz)
-    scale = dmodel_lr_scale(shape.model_dim)
-    log(f"optimizers: Muon lr {cfg.matrix_lr:g} (momentum 0.85→0.95 over 300 steps) on {shape.matrix_params:,} "
-        f"params; AdamW betas (0.8, 0.95): embedding lr {cfg.embedding_lr:g}·{scale:.4f} = "
-        f"{cfg.embedding_lr * scale:.5f}, head lr {cfg.unembedding_lr:g}·{scale:.4f} = {cfg.unembedding_lr * scale:.6f}"
-        f"  (scale = ({shape.model_dim}/768)^-0.5)")
-    if compiled:
-        compile_newton_schulz()
+    def _processes(self) -> None:
+        """The device, the threads and the process group."""
+        import torch
 
-    facts = {"shape": shape.as_dict(), "total_batch": cfg.total_batch, "world_size": env.world_size,
-             "synthetic": data.synthetic}  # what a checkpoint must share to continue this run
-    resumed_from, loader_state = None, None
-    if not probe and env.master:
-        for p in checkpoint.sweep(cfg.run_dir):
-            log(f"checkpoint: removed incomplete {p.name}")
-    if cfg.resume and not probe:
-        path = checkpoint.agreed_latest(cfg.run_dir)
-        if path is None:
-            log(f"resume: no complete checkpoint in {checkpoint.root(cfg.run_dir)}; starting fresh")
-        else:
-            try:
-                ck = checkpoint.load(path, env.rank, env.world_size)
-            except checkpoint.CheckpointError as e:
-                raise SettingError(str(e)) from None
-            problem = checkpoint.check_fits(path, ck, facts)
-            if problem:
-                raise SettingError(problem)
-            model.load_state_dict(ck["model"])
-            for opt, sd in zip(optimizers, ck["optim"]):
-                opt.load_state_dict(sd)
-            loader_state = ck["rank"]["loader"]
-            checkpoint.restore_rng(ck["rank"]["rng"], device)
-            st = ck["state"]
-            resumed_from = run.steps = st["step"]
-            run.val_bpb, run.loss, run.wall_before = st.get("val_bpb"), st.get("loss"), st.get("wall_seconds", 0.0)
-            log(f"resume: {path} (step {run.steps:,} of {st.get('iterations')}, val_bpb {run.val_bpb}, "
-                f"{run.wall_before:.0f}s of earlier wall time)")
+        from trainer import common
+        from trainer.precision import choose as choose_precision
+        cfg, run = self.cfg, self.run
+        run.env = env = self.env = common.dist_env()
+        common.set_master(env.master)
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise SettingError("device cuda but torch sees no CUDA device")
+        cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        kind = self.kind = "cuda" if cuda else "cpu"
+        run.device = device = self.device = torch.device(kind, env.local_rank) if cuda else torch.device("cpu")
+        if kind == "cuda":
+            torch.cuda.set_device(device)
+            torch.set_float32_matmul_precision("high")
+        self.threads = cfg.threads or max(1, cores() // env.local_world_size)
+        torch.set_num_threads(self.threads)
+        self.compiled = cfg.compile if cfg.compile is not None else kind == "cuda"
+        self.fused_loss = cfg.fused_loss if cfg.fused_loss is not None else kind == "cpu"
+        common.init_distributed(env, kind)
+        self.precision = choose_precision(cfg.dtype, device)
+        run.world_size = env.world_size
+        bf16 = self.precision.dtype == "bf16"
+        self.autocast = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if bf16 else nullcontext
 
-    for opt in optimizers:  # the state the first step would create: its memory counts from the first step on
-        opt.init_state()
-    train_loader = run.train_loader = data.loader(cfg, env, grad_accum=grad_accum, threads=threads, state=loader_state)
+    def _horizon(self) -> None:
+        """Every derived number, from the one arithmetic module, printed."""
+        from trainer import common
+        from trainer.common import log
+        cfg, run, env, shape = self.cfg, self.run, self.env, self.cfg.shape
+        try:
+            grad_accum = self.grad_accum = grad_accum_steps(cfg.total_batch, cfg.device_batch, cfg.seq_len,
+                                                            env.world_size)
+            iterations = self.iterations = cfg.probe if self.probe else iterations_for(
+                shape.params, cfg.total_batch, flops_per_token=shape.flops_per_token, **cfg.horizon)
+        except ShapeError as e:
+            raise SettingError(str(e)) from None
+        tokens = self.tokens = iterations * cfg.total_batch
+        run.device_name = name = common.device_name(self.device)
+        run.machine = None if self.kind == "cuda" else this_cpu().key
+        run.peak = peak_flops(name) if self.kind == "cuda" else None
+        log(f"device: {name} ({self.kind}), world size {env.world_size}, {self.threads} threads/process, "
+            f"compile {'on' if self.compiled else 'off'}, fused loss {'on' if self.fused_loss else 'off'}")
+        log(f"precision: {self.precision.describe()}")
+        log(f"model: depth {shape.depth}, model_dim {shape.model_dim} = 64·{shape.depth}, {shape.n_head} heads × "
+            f"{shape.actual_head_dim}, vocab {shape.vocab_size:,}, seq_len {shape.seq_len:,}")
+        log(f"params: {shape.params:,} = 2·{shape.vocab_size:,}·{shape.model_dim} + "
+            f"12·{shape.depth}·{shape.model_dim}² (matrices {shape.matrix_params:,}, "
+            f"embedding {shape.embedding_params:,}, head {shape.head_params:,})")
+        log(f"FLOPs/token: {shape.flops_per_token:,} = 6·(params − embedding) + 12·L·heads·head_dim·T")
+        log(f"batch: {cfg.total_batch:,} tokens/step = {cfg.device_batch} seq × {cfg.seq_len:,} tokens × "
+            f"{env.world_size} ranks × {grad_accum} micro-steps")
+        (horizon, value), = cfg.horizon.items()
+        how = ("probe" if self.probe else "iterations" if horizon == "iterations" else
+               f"ratio {value:g} × {shape.params:,} params / {cfg.total_batch:,}" if horizon == "ratio" else
+               f"{value:.4g} FLOPs / ({shape.flops_per_token:,} · {cfg.total_batch:,})")
+        log(f"horizon: {iterations:,} steps ({how}), {tokens:,} tokens (tokens:params {tokens / shape.params:.2f}), "
+            f"{tokens * shape.flops_per_token:.4e} FLOPs")
+        peak = f"{run.peak / 1e12:g} TFLOP/s per device" if run.peak else "unknown (MFU reported as null)"
+        log(f"peak dense bf16: {peak}")
 
-    def make_evaluator() -> Evaluator:
+    def _build(self) -> None:
+        """The data, the model and its optimizers."""
+        import torch
+
+        from trainer import common
+        from trainer.common import log
+        from trainer.dataset import prepare
+        from trainer.gpt import GPT
+        from trainer.optim import build_optimizers, compile_newton_schulz, dmodel_lr_scale
+        cfg, shape, device = self.cfg, self.cfg.shape, self.device
+        self.run.dataset = data = self.data = prepare(cfg, self.env, self.tokens)
+        self.run.data = "synthetic" if data.synthetic else data.described
+        if cfg.memory_limit_gib:
+            log(common.limit_memory(cfg.memory_limit_gib, device))
+        torch.manual_seed(cfg.seed)
+        with device:
+            model = self.model = GPT(shape, fused_loss=self.fused_loss)
+            model.init_weights()
+        n = sum(p.numel() for p in model.parameters())
+        assert n == shape.params, f"model has {n:,} parameters, ModelShape says {shape.params:,}"
+        self.optimizers = build_optimizers(model, matrix_lr=cfg.matrix_lr, embedding_lr=cfg.embedding_lr,
+                                           unembedding_lr=cfg.unembedding_lr, device_type=self.kind,
+                                           ns_dtype=self.precision.newton_schulz)
+        scale = dmodel_lr_scale(shape.model_dim)
+        log(f"optimizers: Muon lr {cfg.matrix_lr:g} (momentum 0.85→0.95 over 300 steps) on {shape.matrix_params:,} "
+            f"params; AdamW betas (0.8, 0.95): embedding lr {cfg.embedding_lr:g}·{scale:.4f} = "
+            f"{cfg.embedding_lr * scale:.5f}, head lr {cfg.unembedding_lr:g}·{scale:.4f} = "
+            f"{cfg.unembedding_lr * scale:.6f}  (scale = ({shape.model_dim}/768)^-0.5)")
+        if self.compiled:
+            compile_newton_schulz()
+
+    def _start(self) -> None:
+        """Resume where a checkpoint says, then the loader, the evaluator, W&B and the start event."""
+        import torch
+
+        from trainer import checkpoint
+        from trainer.common import log
+        cfg, run, env, data = self.cfg, self.run, self.env, self.data
+        self.facts = {"shape": cfg.shape.as_dict(), "total_batch": cfg.total_batch, "world_size": env.world_size,
+                      "synthetic": data.synthetic}  # what a checkpoint must share to continue this run
+        resumed_from = self.loader_state = None
+        if not self.probe and env.master:
+            for p in checkpoint.sweep(cfg.run_dir):
+                log(f"checkpoint: removed incomplete {p.name}")
+        if cfg.resume and not self.probe:
+            resumed = checkpoint.resume(cfg.run_dir, rank=env.rank, world_size=env.world_size, facts=self.facts,
+                                        model=self.model, optimizers=self.optimizers, device=self.device)
+            if resumed:
+                resumed_from, self.loader_state, st = resumed
+                run.steps = resumed_from
+                run.val_bpb, run.loss, run.wall_before = st.get("val_bpb"), st.get("loss"), st.get("wall_seconds", 0.0)
+        for opt in self.optimizers:  # the state the first step would create: its memory counts from the first step on
+            opt.init_state()
+        self.train_loader = run.train_loader = data.loader(cfg, env, grad_accum=self.grad_accum,
+                                                           threads=self.threads, state=self.loader_state)
+        self.evaluator = self._evaluator()
+        self.wandb = _wandb(cfg, env) if cfg.wandb_project and env.master else None
+        # No DDP: the optimizers reduce-scatter the gradients themselves (sharded state, trainer/optim.py).
+        # Evaluation runs the same (compiled) module.
+        self.train_model = torch.compile(self.model, dynamic=False) if self.compiled else self.model
+        self.config_event = {**cfg.to_dict(), "dtype_resolved": self.precision.dtype, "compile_resolved": self.compiled,
+                             "fused_loss_resolved": self.fused_loss, "threads": self.threads,
+                             "grad_accum": self.grad_accum, "synthetic_data": data.synthetic}
+        if env.master:
+            shape, tokens = cfg.shape, self.tokens
+            emit("start", mode="probe" if self.probe else "train", shape=shape.as_dict(), config=self.config_event,
+                 world_size=env.world_size, device=self.kind, device_name=run.device_name, peak_flops=run.peak,
+                 grad_accum=self.grad_accum, iterations=self.iterations, tokens=tokens,
+                 total_flops=tokens * shape.flops_per_token, resumed_from_step=resumed_from)
+
+    def _evaluator(self):
+        from trainer.evaluate import Evaluator
+        cfg, env, data = self.cfg, self.env, self.data
         eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch * cfg.seq_len * env.world_size))
-        return Evaluator(lambda: data.val_loader(cfg, env, threads=threads), eval_steps,
-                         data.token_bytes(cfg.vocab_size), device, autocast,
+        return Evaluator(lambda: data.val_loader(cfg, env, threads=self.threads), eval_steps,
+                         data.token_bytes(cfg.vocab_size), self.device, self.autocast,
                          None if data.synthetic else data.tokenizer.decode_bytes)
 
-    evaluator = make_evaluator()
-    wandb = _wandb(cfg, env) if cfg.wandb_project and env.master else None
+    def loop(self) -> str:
+        """Train to the horizon, or until a stop request, the budget or the data ends it; returns the status."""
+        from trainer.common import log
+        from trainer.optim import apply_schedule, lr_multiplier
+        run = self.run
+        if not self.probe and run.steps == 0 and self.cfg.eval_every > 0:
+            self.evaluate()
+        Stop.in_loop = True
+        updated = False  # no optimizer step has changed the weights in this process yet
+        while run.steps < self.iterations:
+            t0 = time.time()
+            step = run.steps  # 0-based index of the step being taken
+            # a probe reports its batch's out of memory; it does not work around it
+            loss_sum = self.accumulate() if updated or self.probe else self._accumulate_or_halve()
+            if loss_sum is None:  # halved: the step starts again at the smaller batch
+                continue
+            cfg = self.cfg  # as a halving left it
+            lrm = lr_multiplier(step, self.iterations, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
+            apply_schedule(self.optimizers, step, lrm)
+            for opt in self.optimizers:
+                opt.step()
+            updated = True
+            self.model.zero_grad(set_to_none=True)
+            loss, stop, broke, starved, fetch_error = self._agree(loss_sum)
+            run.steps += 1
+            run.loss = loss
+            dt = time.time() - t0
+            run.step_ms.append(dt * 1000)
+            _log_step(run, self.iterations, dt, lrm, self.train_loader, self.wandb)
+            last = run.steps == self.iterations
+            if not self.probe and (last or (cfg.eval_every > 0 and run.steps % cfg.eval_every == 0)) and not (
+                    stop or broke or starved):
+                self.evaluate()
+            if starved:
+                run.error = fetch_error or "a data fetch failed on another node (its log says which)"
+                log(f"{run.error}: stopping after step {run.steps} with a checkpoint")
+                return "crashed"
+            if stop or broke:
+                log(f"{'stop requested' if stop else f'budget of ${cfg.max_cost:g} reached'} after step {run.steps}")
+                return "cancelled" if stop else "over_budget"
+            if not self.probe and not last and cfg.checkpoint_every > 0 and run.steps % cfg.checkpoint_every == 0:
+                self.save()
+        return "ok"
 
-    # No DDP: the optimizers reduce-scatter the gradients themselves (sharded state, trainer/optim.py)
-    train_model = eval_model = torch.compile(model, dynamic=False) if compiled else model
+    def finish(self) -> None:
+        """The final eval and checkpoint, also after a stop; W&B closed."""
+        if self.run.steps == self.iterations and not self.probe and self.run.val_bpb is None:
+            self.evaluate()  # a resumed run that had nothing left to do still reports val_bpb
+        if not self.probe:
+            self.save()
+        Stop.in_loop = False
+        if self.wandb:
+            self.wandb.finish()
 
-    config_event = {**cfg.to_dict(), "dtype_resolved": dtype, "compile_resolved": compiled,
-                    "fused_loss_resolved": fused_loss, "threads": threads, "grad_accum": grad_accum,
-                    "synthetic_data": data.synthetic}
-    if env.master:
-        emit("start", mode="probe" if probe else "train", shape=shape.as_dict(), config=config_event,
-             world_size=env.world_size, device=kind, device_name=name, peak_flops=run.peak, grad_accum=grad_accum,
-             iterations=iterations, tokens=tokens, total_flops=tokens * shape.flops_per_token,
-             resumed_from_step=resumed_from)
-
-    def evaluate():
-        if run.gzip_bpb is None:  # once: the validation text never changes
-            run.gzip_bpb = evaluator.gzip_bpb()
-        t0 = time.time()
-        run.val_bpb = evaluator.bpb(eval_model)
-        run.eval_seconds += time.time() - t0
-        bar = "" if run.gzip_bpb is None else f" (gzip -9 on the same text: {run.gzip_bpb:.4f})"
-        log(f"eval: step {run.steps:,} | val_bpb {run.val_bpb:.4f}{bar} | {time.time() - t0:.1f}s")
-        if env.master:
-            emit("eval", step=run.steps, val_bpb=run.val_bpb, gzip_bpb=run.gzip_bpb)
-            if wandb:
-                wandb.log({"step": run.steps, "val_bpb": run.val_bpb})
-
-    def save():
-        t0 = time.time()
-        states = checkpoint.gather_rank_states(checkpoint.rank_state(train_loader, device))
-        state = {"step": run.steps, "iterations": iterations, "val_bpb": run.val_bpb, "loss": run.loss,
-                 "wall_seconds": run.wall(), **facts, "config": config_event}
-        path = checkpoint.save(cfg.run_dir, run.steps, model_state=model.state_dict(),
-                               optim_state=[o.state_dict() for o in optimizers], rank_states=states,
-                               state=state, keep=cfg.keep_checkpoints)
-        if env.master:
-            log(f"checkpoint: {path} ({time.time() - t0:.1f}s)")
-            emit("checkpoint", step=run.steps, path=str(path))
-        common.barrier()
-
-    def accumulate() -> torch.Tensor:
+    def accumulate(self):
         """One optimizer step's micro-batches, forward and backward: the gradients, and the summed loss."""
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(grad_accum):
-            x, y = train_loader.next_batch()
-            if kind == "cuda":
-                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-            with autocast():
-                loss = train_model(x, y)
-            (loss / grad_accum).backward()
+        import torch
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            x, y = self.train_loader.next_batch()
+            if self.kind == "cuda":
+                x, y = (t.pin_memory().to(self.device, non_blocking=True) for t in (x, y))
+            with self.autocast():
+                loss = self.train_model(x, y)
+            (loss / self.grad_accum).backward()
             loss_sum += loss.detach().float()
         return loss_sum
 
-    def halve_batch(error: str) -> None:
+    def _accumulate_or_halve(self):
+        """Before the first update out of memory is survivable: every rank agrees on the smaller batch, or all go
+        on. The summed loss, or None where the batch was halved."""
+        from trainer import common
+        oom = loss_sum = None
+        try:
+            loss_sum = self.accumulate()
+        except Exception as e:  # noqa: BLE001 -- only an allocation failure is handled
+            if not common.is_oom(e) or self.cfg.device_batch == 1:
+                raise
+            oom = common.oom_line(e)
+        if common.any_rank(oom is not None, self.device):
+            self.halve_batch(oom or "on another rank")
+            return None
+        return loss_sum
+
+    def halve_batch(self, error: str) -> None:
         """Out of memory before the first update of this process: free what the step allocated, halve the
         device batch and double the micro-steps (the same tokens per step, the same mathematics), and start
         the data again from where this process began, as a run started at the smaller batch would."""
-        nonlocal cfg, grad_accum, train_loader, evaluator
-        model.zero_grad(set_to_none=True)
-        train_loader.close()
-        common.free_memory(device)
-        planned = cfg.device_batch
-        cfg = run.cfg = cfg.replace(device_batch=planned // 2)
-        grad_accum *= 2
-        config_event.update(device_batch=cfg.device_batch, grad_accum=grad_accum)  # what checkpoints record
-        train_loader = run.train_loader = data.loader(cfg, env, grad_accum=grad_accum, threads=threads,
-                                                      state=loader_state)
-        evaluator = make_evaluator()
+        from trainer import common
+        from trainer.common import log
+        run, env = self.run, self.env
+        self.model.zero_grad(set_to_none=True)
+        self.train_loader.close()
+        common.free_memory(self.device)
+        planned = self.cfg.device_batch
+        cfg = self.cfg = run.cfg = self.cfg.replace(device_batch=planned // 2)
+        self.grad_accum *= 2
+        self.config_event.update(device_batch=cfg.device_batch, grad_accum=self.grad_accum)  # what checkpoints record
+        self.train_loader = run.train_loader = self.data.loader(cfg, env, grad_accum=self.grad_accum,
+                                                                threads=self.threads, state=self.loader_state)
+        self.evaluator = self._evaluator()
         log(f"out of memory at device batch {planned} before the first update ({error}): device batch "
-            f"{cfg.device_batch}, grad accum {grad_accum}, {cfg.total_batch:,} tokens per step as before")
+            f"{cfg.device_batch}, grad accum {self.grad_accum}, {cfg.total_batch:,} tokens per step as before")
         if env.master:
             emit("batch", step=run.steps, device_batch=cfg.device_batch, planned_device_batch=planned,
-                 grad_accum=grad_accum, reason=error)
+                 grad_accum=self.grad_accum, reason=error)
 
-    # -- the loop --------------------------------------------------------------------------------------------
-    evaluating = not probe
-    if evaluating and run.steps == 0 and cfg.eval_every > 0:
-        evaluate()
-    Stop.in_loop = True
-    status = "ok"
-    updated = False  # no optimizer step has changed the weights in this process yet
-    while run.steps < iterations:
-        t0 = time.time()
-        step = run.steps  # 0-based index of the step being taken
-        if updated or probe:  # a probe reports its batch's out of memory; it does not work around it
-            loss_sum = accumulate()
-        else:  # out of memory here is survivable: every rank agrees on the smaller batch, or all go on
-            oom = None
-            try:
-                loss_sum = accumulate()
-            except Exception as e:  # noqa: BLE001 -- only an allocation failure is handled
-                if not common.is_oom(e) or cfg.device_batch == 1:
-                    raise
-                oom = common.oom_line(e)
-            if common.any_rank(oom is not None, device):
-                halve_batch(oom or "on another rank")
-                continue
-        lrm = lr_multiplier(step, iterations, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
-        apply_schedule(optimizers, step, lrm)
-        for opt in optimizers:
-            opt.step()
-        updated = True
-        model.zero_grad(set_to_none=True)
-        # one small collective per step: the mean loss, and whether any rank must stop
+    def _agree(self, loss_sum):
+        """One small collective per step: the mean loss, and whether any rank must stop (a stop request, the
+        budget, a shard ahead that could not be fetched: stop while the data lasts). With this rank's fetch error."""
+        import torch
+        import torch.distributed as dist
+        cfg, env, device = self.cfg, self.env, self.device
         over_budget = (env.master and cfg.max_cost is not None and cfg.price_per_hour
-                       and run.wall() * cfg.price_per_hour / 3600 >= cfg.max_cost)
-        fetch_error = data.failed()  # a shard ahead could not be fetched: stop while the data lasts
-        flags = torch.stack([loss_sum / grad_accum, torch.tensor(float(Stop.requested), device=device),
+                       and self.run.wall() * cfg.price_per_hour / 3600 >= cfg.max_cost)
+        fetch_error = self.data.failed()
+        flags = torch.stack([loss_sum / self.grad_accum, torch.tensor(float(Stop.requested), device=device),
                              torch.tensor(float(bool(over_budget)), device=device),
                              torch.tensor(float(fetch_error is not None), device=device)])
         if env.distributed:
             dist.all_reduce(flags)
         flags = flags.tolist()
-        run.steps += 1
-        run.loss = flags[0] / env.world_size
-        dt = time.time() - t0
-        run.step_ms.append(dt * 1000)
-        _log_step(run, iterations, dt, lrm, train_loader, wandb)
-        last = run.steps == iterations
-        stop, broke, starved = flags[1] > 0, flags[2] > 0, flags[3] > 0
-        if evaluating and (last or (cfg.eval_every > 0 and run.steps % cfg.eval_every == 0)) and not (
-                stop or broke or starved):
-            evaluate()
-        if starved:
-            status, run.error = "crashed", fetch_error or "a data fetch failed on another node (its log says which)"
-            log(f"{run.error}: stopping after step {run.steps} with a checkpoint")
-            break
-        if stop or broke:
-            status = "cancelled" if stop else "over_budget"
-            log(f"{'stop requested' if stop else f'budget of ${cfg.max_cost:g} reached'} after step {run.steps}")
-            break
-        if not probe and not last and cfg.checkpoint_every > 0 and run.steps % cfg.checkpoint_every == 0:
-            save()
-    if run.steps == iterations and evaluating and run.val_bpb is None:
-        evaluate()  # a resumed run that had nothing left to do still reports val_bpb
-    if not probe:
-        save()
-    Stop.in_loop = False
-    if wandb:
-        wandb.finish()
-    return status
+        return flags[0] / env.world_size, flags[1] > 0, flags[2] > 0, flags[3] > 0, fetch_error
+
+    def evaluate(self) -> None:
+        from trainer.common import log
+        run = self.run
+        if run.gzip_bpb is None:  # once: the validation text never changes
+            run.gzip_bpb = self.evaluator.gzip_bpb()
+        t0 = time.time()
+        run.val_bpb = self.evaluator.bpb(self.train_model)
+        run.eval_seconds += time.time() - t0
+        bar = "" if run.gzip_bpb is None else f" (gzip -9 on the same text: {run.gzip_bpb:.4f})"
+        log(f"eval: step {run.steps:,} | val_bpb {run.val_bpb:.4f}{bar} | {time.time() - t0:.1f}s")
+        if self.env.master:
+            emit("eval", step=run.steps, val_bpb=run.val_bpb, gzip_bpb=run.gzip_bpb)
+            if self.wandb:
+                self.wandb.log({"step": run.steps, "val_bpb": run.val_bpb})
+
+    def save(self) -> None:
+        from trainer import checkpoint, common
+        from trainer.common import log
+        run, t0 = self.run, time.time()
+        states = checkpoint.gather_rank_states(checkpoint.rank_state(self.train_loader, self.device))
+        state = {"step": run.steps, "iterations": self.iterations, "val_bpb": run.val_bpb, "loss": run.loss,
+                 "wall_seconds": run.wall(), **self.facts, "config": self.config_event}
+        path = checkpoint.save(self.cfg.run_dir, run.steps, model_state=self.model.state_dict(),
+                               optim_state=[o.state_dict() for o in self.optimizers], rank_states=states,
+                               state=state, keep=self.cfg.keep_checkpoints)
+        if self.env.master:
+            log(f"checkpoint: {path} ({time.time() - t0:.1f}s)")
+            emit("checkpoint", step=run.steps, path=str(path))
+        common.barrier()
 
 
 def _log_step(run: Run, iterations: int, dt: float, lrm: float, loader, wandb) -> None:
@@ -386,14 +435,14 @@ def _wandb(cfg: TrainConfig, env):
     return handle
 
 
-def _reduce_peak_memory(run: Run, record: dict) -> None:
+def _reduce_peak_memory(run: Run, record: Result) -> None:
     """Peak memory of the busiest rank (a collective: only on a healthy finish)."""
     import torch
     import torch.distributed as dist
-    if run.env.distributed and record.get("peak_memory_gib") is not None:
-        t = torch.tensor(record["peak_memory_gib"], dtype=torch.float64, device=run.device)
+    if run.env.distributed and record.peak_memory_gib is not None:
+        t = torch.tensor(record.peak_memory_gib, dtype=torch.float64, device=run.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        record["peak_memory_gib"] = round(t.item(), 4)
+        record.peak_memory_gib = round(t.item(), 4)
 
 
 def main(argv=None) -> int:
@@ -415,10 +464,10 @@ def main(argv=None) -> int:
         _reduce_peak_memory(run, record)
         from trainer.common import log
         log(f"result: {status} | steps {run.steps} | val_bpb {run.val_bpb} | loss {run.loss} | "
-            f"median step {record['step_ms']} ms | {record['tokens_per_second']} tok/s | "
-            f"peak memory {record['peak_memory_gib']} GiB | wall {record['wall_seconds']:.1f}s")
+            f"median step {record.step_ms} ms | {record.tokens_per_second} tok/s | "
+            f"peak memory {record.peak_memory_gib} GiB | wall {record.wall_seconds:.1f}s")
         if master:
-            emit_result(run_dir, **record)
+            emit_result(run_dir, record)
         if _close(run):
             # Everything is on disk; skip interpreter teardown, where gloo's C++ threads can abort (SIGABRT).
             return _hard_exit(EXIT_CODES[status])
@@ -426,7 +475,7 @@ def main(argv=None) -> int:
     except SettingError as e:
         print(f"trainer: error: {e}", file=sys.stderr, flush=True)
         if master:
-            emit_result(run_dir, **run.summary("crashed", str(e)))
+            emit_result(run_dir, run.summary("crashed", str(e)))
         return _hard_exit(USAGE_EXIT)
     except BaseException as e:  # noqa: BLE001 -- every way out ends with a result event
         from trainer.common import is_oom, one_line, oom_line
@@ -441,7 +490,7 @@ def main(argv=None) -> int:
         print(f"trainer: {status}: {error}", file=sys.stderr, flush=True)
         # On OOM every rank that hits it reports, since the others may be stuck in a collective.
         if master or status == "oom":
-            emit_result(run_dir if master else None, **run.summary(status, error))
+            emit_result(run_dir if master else None, run.summary(status, error))
         return _hard_exit(EXIT_CODES[status])
 
 

@@ -50,7 +50,7 @@ def yaml(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the filled SkyPilot task: `sky launch` (or `sky jobs launch` with --spot or --managed) runs it by hand."""
-    from nanolaunch.launch import Request, derived, for_run
+    from nanolaunch.session import Request, derived, for_run
     from nanolaunch.task import placement, render, to_yaml
 
     config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
@@ -60,21 +60,21 @@ def yaml(
     plan = derived(config, chosen)  # the same validation as plan: a batch that cannot divide fails here
     req = Request("run", config, chosen, managed=managed)
     place = placement(config, name, managed=req.recovered, bucket=bucket, disk=plan["disk"])
-    config = for_run(req, plan, run_dir=place.run_dir, data_dir=place.data_dir, store_dir=place.store_dir)
+    config = for_run(req, plan, place)
     out.emit(render(config, place.opts, name=f"nl-{name}"), as_json, lambda task: sys.stdout.write(to_yaml(task)))
 
 
 def status(as_json: JsonOpt = False) -> None:
     """What nanolaunch has running on SkyPilot: clusters and managed jobs, with their ledger rows."""
-    from nanolaunch.backends import skypilot
+    from nanolaunch.backends import sky_sdk
     from nanolaunch.backends.skypilot import PREFIX
 
     db = Ledger()
     rows = []
-    for c in skypilot.clusters(PREFIX):
+    for c in sky_sdk.clusters(PREFIX):
         rows.append(_with_row(db, {"what": "cluster", "name": c["name"], "status": c["status"],
                                    "resources": c.get("resources_str"), "since": c.get("launched_at")}))
-    for j in skypilot.jobs(PREFIX, active_only=True):
+    for j in sky_sdk.jobs(PREFIX, active_only=True):
         rows.append(_with_row(db, {"what": "managed job", "name": j["job_name"], "status": j["status"],
                                    "resources": f"job {j['job_id']}, {j.get('recovery_count') or 0} recoveries",
                                    "since": j.get("submitted_at")}))
@@ -109,7 +109,7 @@ def _status_table(rows: list[dict]) -> None:
 
 def down(run_id: RunArg, as_json: JsonOpt = False) -> None:
     """Tear down a run's cluster (or cancel its managed job) and close its ledger row."""
-    from nanolaunch.backends import skypilot
+    from nanolaunch.backends import sky_sdk
 
     db = Ledger()
     row = db.get(run_id)
@@ -117,9 +117,9 @@ def down(run_id: RunArg, as_json: JsonOpt = False) -> None:
         raise NanolaunchError(f"run #{run_id} ran on the {row['backend']} backend: it has no cluster to tear down")
     existed = True
     if row["managed"]:
-        skypilot.job_cancel(row["sky_job_id"])
+        sky_sdk.job_cancel(row["sky_job_id"])
     else:
-        existed = skypilot.down(row["cluster"])
+        existed = sky_sdk.down(row["cluster"])
     cancelled = []
     for other in db.rows():  # a probe sweep shares one cluster: every row on it has stopped
         if other["cluster"] == row["cluster"]:
@@ -147,10 +147,10 @@ def logs(
     if not row["cluster"]:
         _local_logs(row, follow, stream)
     else:
-        from nanolaunch.backends import skypilot
-        from nanolaunch.backends.skypilot import LogSink, reattached
+        from nanolaunch.backends import sky_sdk
+        from nanolaunch.backends.skypilot import LogSink, Reattached
 
-        follower = reattached(db, row)
+        follower = Reattached(db, row)
         # Its own file: SkyPilot replays only what it still has (a managed job: the latest attempt), and
         # train.log holds every attempt the launcher saw.
         n = 1
@@ -158,8 +158,8 @@ def logs(
             n += 1
         sink = LogSink(path, lambda line: (print(line, file=stream, flush=True), follower(line)), mode="w")
         try:
-            code = (skypilot.job_tail(row["sky_job_id"], sink) if row["managed"]
-                    else skypilot.tail(row["cluster"], row["sky_job_id"], sink))
+            code = (sky_sdk.job_tail(row["sky_job_id"], sink) if row["managed"]
+                    else sky_sdk.tail(row["cluster"], row["sky_job_id"], sink))
         finally:
             sink.close()
         follower.settle(code, launcher_alive=pid_alive(row["pid"]))

@@ -14,7 +14,7 @@ import typer
 from nanolaunch import presets
 from nanolaunch.config import ConfigError, RunConfig
 from nanolaunch.errors import NanolaunchError
-from trainer.settings import BUILT_IN_DATA, DATASET_ID
+from trainer.settings import SettingError, parse_data
 
 # What to train.
 ModelArg = Annotated[Optional[str], typer.Argument(help="Model size as dN, e.g. d12 (depth 12).", show_default=False)]
@@ -98,21 +98,11 @@ def parse_model(model: str) -> int:
 
 
 def data_settings(spec: str) -> dict:
-    """--data as trainer settings: a folder becomes its absolute path; ID[:CONFIG][@REVISION] is split up."""
-    import os
-
-    if spec in BUILT_IN_DATA:
-        return {"data": spec}
-    if spec.startswith(("/", ".", "~")) or os.path.isdir(spec):
-        path = os.path.abspath(os.path.expanduser(spec))
-        if not os.path.isdir(path):
-            raise NanolaunchError(f"--data {spec}: no such folder")
-        return {"data": path}
-    m = re.fullmatch(rf"({DATASET_ID})(?::([\w.-]+))?(?:@([\w./-]+))?", spec)
-    if not m:
-        raise NanolaunchError(f"--data {spec!r}: give a dataset as OWNER/NAME[:CONFIG][@REVISION], a folder, "
-                              "stdlib or synthetic")
-    return {"data": m[1], "data_config": m[2], "data_revision": m[3]}
+    """--data as trainer settings (trainer/settings.py parses it)."""
+    try:
+        return parse_data(spec)
+    except SettingError as e:
+        raise NanolaunchError(f"--data {e}") from None
 
 
 def resolve(model: str | None, preset_name: str | None, **overrides) -> tuple[RunConfig, presets.Preset | None]:

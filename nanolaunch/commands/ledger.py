@@ -14,7 +14,7 @@ from nanolaunch import output as out, table
 from nanolaunch.commands.common import (BatchOpt, GpuOpt, JsonOpt, ModelArg, PresetOpt, ProjectFilterOpt, ProjectOpt,
                                         RunArg, TitleOpt, check_range, label, resolve)
 from nanolaunch.errors import NanolaunchError
-from nanolaunch.ledger import EXPORT_COLUMNS, FINISHED, STATUSES, Ledger, export_row
+from nanolaunch.ledger import FINISHED, STATUSES, Ledger, export_columns, export_row
 from nanolaunch.runs import reconcile
 
 app = typer.Typer(help="The ledger of runs and probes.", invoke_without_command=True)
@@ -62,7 +62,7 @@ def ledger(
         return out.emit(table.totals(rows), as_json, _render_totals)
     if csv_file:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS))
+        writer = csv.DictWriter(buf, fieldnames=list(export_columns()))
         writer.writeheader()
         writer.writerows([{k: _cell(k, v) for k, v in r.items()} for r in rows])
         everything = table.totals(rows)["all"]

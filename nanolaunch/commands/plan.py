@@ -142,12 +142,31 @@ def measured_kw(config, chosen, rows) -> dict:
 
 def render(p: dict) -> None:
     c = out.console()
+    title = f"plan: d{p['depth']}" + (f" (preset {p['preset']})" if p["preset"] else "")
+    within = p["search"]["within"]
+    if p["search"]["searched"]:
+        c.print(f"[bold]chosen[/]: {_describe(within['chosen'])} — {within['why']}")
+    c.print(f"[bold]{title}[/] on {p['nodes']} node(s) of {p['gpus_per_node']}×{p['gpu']} ({p['gpu_description']})")
+    for line in _summary(p):
+        c.print(line)
+    c.print()
+    c.print(_memory_table(p["memory"]))
+    if p.get("past_predictions"):
+        c.print()
+        c.print(_past_predictions(p["past_predictions"]))
+    overall = p["search"]["overall"]
+    if overall and overall["alternatives"]:
+        c.print()
+        render_alternatives(overall, p)
+
+
+def _summary(p: dict) -> list[str]:
+    """Every derived number of the plan, one line each, with where it comes from."""
     lines = []
 
     def row(key: str, value: str, note: str = "") -> None:
         lines.append(f"{key:<12} {value}" + (f"  [dim]· {note}[/]" if note else ""))
 
-    title = f"plan: d{p['depth']}" + (f" (preset {p['preset']})" if p["preset"] else "")
     row("model", f"depth {p['depth']} · model_dim {p['model_dim']} · {p['n_heads']} heads × {p['head_dim']} · "
         f"vocab {p['vocab_size']:,} · seq {p['seq_len']:,}", "")
     row("parameters", out.num(p["params"]),
@@ -158,22 +177,7 @@ def render(p: dict) -> None:
     row("total FLOPs", out.sci(p["total_flops"]), "")
     row("batch", f"{p['device_batch']} × {p['seq_len']:,} × {p['world_size']} GPU × accum {p['grad_accum']}",
         f"= {p['total_batch']:,} tokens per step")
-    if p["shards"] is not None:
-        repeats = (f"the data repeats: {p['epochs']:.2f} epochs at 5.0 chars/token" if p["epochs"] > 1 else
-                   f"these repeat data above {p['repeat_above_chars_per_token']:.2f} chars/token")
-        row("data", f"{p['shards']} of {p['dataset_files']:,} shards ({p['shards'] - 1} train + 1 val) of "
-            f"{p['config']['data']}",
-            f"one epoch needs {p['train_shards']:,} train shards at 5.0 chars/token and "
-            f"{p['chars_per_shard']:,.0f} chars per shard ({p['chars_from']}); {repeats}")
-    else:
-        row("data", p["config"]["data"], "")
-    tok = p["tokenizer"]
-    if tok and tok["reused"]:
-        row("tokenizer", f"reused: {tok['path']}", "trained by an earlier run on this data, vocabulary and budget")
-    elif tok:
-        files = f" (the first {tok['files']:,} files)" if tok["files"] else ""
-        row("tokenizer", f"trained before step 0 on ≤{tok['chars']:,} chars{files}",
-            f"kept in the store as {tok['name']}: later runs on this data reuse it")
+    _data_rows(p, row)
     m = p["memory"]
     colour = {"fits": "green", "probe first": "yellow", "does not fit": "red"}[p["verdict"]]
     span = (f"{p['peak_memory_gib']:.1f}" if p["peak_memory_high_gib"] == p["peak_memory_gib"] else
@@ -197,13 +201,29 @@ def render(p: dict) -> None:
     row("disk", f"{d['disk_size_gb']:,} GB per node" + ("" if d["asked"] else " (asked of a cloud only)"),
         " + ".join(f"{x['term']} {x['gb']:,.0f}" for x in d["terms"]) + f" GB, + {d['margin']:.0%} margin, at "
         f"least SkyPilot's default {disk_floor} GB; the bucket mount's cache is bounded to {d['cache_gb']} GB")
-    within = p["search"]["within"]
-    if p["search"]["searched"]:
-        c.print(f"[bold]chosen[/]: {_describe(within['chosen'])} — {within['why']}")
-    c.print(f"[bold]{title}[/] on {p['nodes']} node(s) of {p['gpus_per_node']}×{p['gpu']} ({p['gpu_description']})")
-    for line in lines:
-        c.print(line)
-    m = p["memory"]
+    return lines
+
+
+def _data_rows(p: dict, row) -> None:
+    if p["shards"] is not None:
+        repeats = (f"the data repeats: {p['epochs']:.2f} epochs at 5.0 chars/token" if p["epochs"] > 1 else
+                   f"these repeat data above {p['repeat_above_chars_per_token']:.2f} chars/token")
+        row("data", f"{p['shards']} of {p['dataset_files']:,} shards ({p['shards'] - 1} train + 1 val) of "
+            f"{p['config']['data']}",
+            f"one epoch needs {p['train_shards']:,} train shards at 5.0 chars/token and "
+            f"{p['chars_per_shard']:,.0f} chars per shard ({p['chars_from']}); {repeats}")
+    else:
+        row("data", p["config"]["data"], "")
+    tok = p["tokenizer"]
+    if tok and tok["reused"]:
+        row("tokenizer", f"reused: {tok['path']}", "trained by an earlier run on this data, vocabulary and budget")
+    elif tok:
+        files = f" (the first {tok['files']:,} files)" if tok["files"] else ""
+        row("tokenizer", f"trained before step 0 on ≤{tok['chars']:,} chars{files}",
+            f"kept in the store as {tok['name']}: later runs on this data reuse it")
+
+
+def _memory_table(m: dict):
     t = out.table("term", "GiB", "kind", "source",
                   title=f"memory per GPU (rank 0 of {m['world_size']}), at the larger of the two peaks: end of the "
                         f"forward pass {m['forward_gib']:.2f} GiB, optimizer step {m['step_gib']:.2f} GiB")
@@ -215,22 +235,18 @@ def render(p: dict) -> None:
         t.add_row("+ unexplained", f"{m['excess_gib']:.2f}", "assumed", m["excess_source"])
         t.add_row("high end", f"{m['high_gib']:.2f}", "", f"verdict: {m['verdict']} (fits: the high end fits; "
                   "probe first: only the counted peak does)")
-    c.print()
-    c.print(t)
-    if p.get("past_predictions"):
-        t = out.table("#", "kind", "wall predicted", "measured", "error", "cost predicted", "measured", "error",
-                      "memory predicted", "measured", "error", title="past predictions against measurements")
-        for r in p["past_predictions"]:
-            t.add_row(str(r["id"]), r["kind"], out.seconds(r["wall_predicted_s"]), out.seconds(r["wall_s"]),
-                      _signed(r["wall_error"]), out.usd(r["cost_predicted_usd"]), out.usd(r["cost_usd"]),
-                      _signed(r["cost_error"]), f"{out.num(r['memory_predicted_gib'], 2)} GiB",
-                      f"{out.num(r['memory_gib'], 2)} GiB", _signed(r["memory_error"]))
-        c.print()
-        c.print(t)
-    overall = p["search"]["overall"]
-    if overall and overall["alternatives"]:
-        c.print()
-        render_alternatives(overall, p)
+    return t
+
+
+def _past_predictions(rows: list[dict]):
+    t = out.table("#", "kind", "wall predicted", "measured", "error", "cost predicted", "measured", "error",
+                  "memory predicted", "measured", "error", title="past predictions against measurements")
+    for r in rows:
+        t.add_row(str(r["id"]), r["kind"], out.seconds(r["wall_predicted_s"]), out.seconds(r["wall_s"]),
+                  _signed(r["wall_error"]), out.usd(r["cost_predicted_usd"]), out.usd(r["cost_usd"]),
+                  _signed(r["cost_error"]), f"{out.num(r['memory_predicted_gib'], 2)} GiB",
+                  f"{out.num(r['memory_gib'], 2)} GiB", _signed(r["memory_error"]))
+    return t
 
 
 def _describe(x: dict) -> str:

@@ -69,8 +69,7 @@ def promote(
     if row["val_bpb"] is not None and row["gzip_bpb"] is not None and row["val_bpb"] >= row["gzip_bpb"]:
         out.warn(f"run #{run}'s val_bpb {row['val_bpb']:.4f} is no better than gzip -9 on the same text "
                  f"({row['gzip_bpb']:.4f}): the model learned less than a compressor")
-    results = {k: row[k] for k in ("val_bpb", "gzip_bpb", "mfu", "tokens_per_second", "step_ms", "peak_memory_gib",
-                                   "wall_seconds", "cost_usd", "usd_per_hour") if row[k] is not None}
+    results = {k: row[k] for k in presets.result_fields() if row.get(k) is not None}
     provenance = {"source": f"nanolaunch run #{run} ({row['backend']}, {row['gpu_count']}×{row['gpu']})",
                   "run_id": str(run), "date": _date(row["ended_at"]), "commit": row["git_commit"],
                   "price_source": row["price_source"], "device_name": row["device_name"]}

@@ -16,8 +16,9 @@ from nanolaunch.ledger import export_row
 from nanolaunch.config import RunConfig
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.backends.local import run_local
-from nanolaunch.launch import Request, derived
+from nanolaunch.session import Request, derived
 from nanolaunch.planner import PlanError
+from trainer import events
 
 
 def _on_cloud(config: RunConfig, local: bool) -> bool:
@@ -158,43 +159,12 @@ def dry(
                              vocab_size=vocab)
     check_limits(memory_limit_gib=memory_limit_gib)
     auto = batch.strip().lower() == "auto"
-    if auto:  # probes run on one node
-        per_node = config.gpus_per_node
-        batches = batch_search.candidates(config.train.total_batch, config.train.seq_len, per_node)
-        if not batches:
-            raise NanolaunchError(f"--batch auto: total batch {config.train.total_batch:,} is not a whole number of "
-                                  f"sequences per GPU ({config.train.seq_len:,} tokens × {per_node} GPU)")
-    else:
-        batches = parse_batches(batch) if batch else [config.train.device_batch]
+    batches = _batches(batch, config, auto)
     if save_preset is not None:
         presets.check_new_name(save_preset)  # before spending anything
     if iters < 1:
         raise NanolaunchError("--iters must be at least 1")
-    probes, refused = [], []
-    for b in batches:  # refuse what cannot run before spending anything
-        candidate = config.replace(device_batch=b, iterations=iters, ratio=None, target_flops=None)
-        try:
-            p = derived(candidate, chosen, probe=True)
-        except PlanError as e:
-            raise NanolaunchError(f"batch {b}: {e}") from None
-        limit = memory_limit_gib if memory_limit_gib is not None else p["usable_memory_gib"]
-        fits = p["peak_memory_gib"] <= limit
-        if not as_json:
-            out.console().print(f"batch {b}: predicted peak {p['peak_memory_gib']:.2f} GiB of {limit:.2f} GiB usable"
-                                f" → {'fits' if fits else 'does not fit'}; grad accum {p['grad_accum']}")
-        if fits or force:
-            probes.append((b, candidate))
-        else:
-            refused.append(b)
-    if refused and not probes:  # nothing left to probe: say what would run, not an empty table
-        from nanolaunch.search import largest_batch
-
-        fitting = largest_batch(config, "probe first")
-        hint = f"--batch {fitting} (the largest predicted to fit) or " if fitting else ""
-        raise NanolaunchError(f"batch {', '.join(map(str, refused))} predicted not to fit on {config.gpu}: try "
-                              f"{hint}--batch auto; --force probes it anyway")
-    for b in refused:
-        out.warn(f"batch {b} predicted not to fit: not probed (--force probes it anyway)")
+    probes = _fitting(batches, config, chosen, iters, memory_limit_gib, force, say=not as_json)
     reqs = [Request("dry", candidate, chosen, project=project, probe=iters, memory_limit_gib=memory_limit_gib,
                     quiet=as_json) for _, candidate in probes]
     stop = (lambda done: batch_search.should_stop([export_row(r) for r in done])) if auto else (lambda done: False)
@@ -225,11 +195,55 @@ def dry(
         out.console(stderr=True).print(f"saved batch {best['device_batch']} as preset {save_preset} ({path})")
 
 
+def _batches(batch: str, config: RunConfig, auto: bool) -> list[int]:
+    """The device batches to probe: those asked for, or with auto every one that divides the total batch."""
+    if not auto:
+        return parse_batches(batch) if batch else [config.train.device_batch]
+    per_node = config.gpus_per_node  # probes run on one node
+    batches = batch_search.candidates(config.train.total_batch, config.train.seq_len, per_node)
+    if not batches:
+        raise NanolaunchError(f"--batch auto: total batch {config.train.total_batch:,} is not a whole number of "
+                              f"sequences per GPU ({config.train.seq_len:,} tokens × {per_node} GPU)")
+    return batches
+
+
+def _fitting(batches: list[int], config: RunConfig, chosen, iters: int, memory_limit_gib: float | None,
+             force: bool, say: bool) -> list[tuple[int, RunConfig]]:
+    """The probes worth paying for: each batch planned first, those predicted not to fit refused (--force
+    probes them anyway), before anything is spent."""
+    probes, refused = [], []
+    for b in batches:
+        candidate = config.replace(device_batch=b, iterations=iters, ratio=None, target_flops=None)
+        try:
+            p = derived(candidate, chosen, probe=True)
+        except PlanError as e:
+            raise NanolaunchError(f"batch {b}: {e}") from None
+        limit = memory_limit_gib if memory_limit_gib is not None else p["usable_memory_gib"]
+        fits = p["peak_memory_gib"] <= limit
+        if say:
+            out.console().print(f"batch {b}: predicted peak {p['peak_memory_gib']:.2f} GiB of {limit:.2f} GiB usable"
+                                f" → {'fits' if fits else 'does not fit'}; grad accum {p['grad_accum']}")
+        if fits or force:
+            probes.append((b, candidate))
+        else:
+            refused.append(b)
+    if refused and not probes:  # nothing left to probe: say what would run, not an empty table
+        from nanolaunch.search import largest_batch
+
+        fitting = largest_batch(config, "probe first")
+        hint = f"--batch {fitting} (the largest predicted to fit) or " if fitting else ""
+        raise NanolaunchError(f"batch {', '.join(map(str, refused))} predicted not to fit on {config.gpu}: try "
+                              f"{hint}--batch auto; --force probes it anyway")
+    for b in refused:
+        out.warn(f"batch {b} predicted not to fit: not probed (--force probes it anyway)")
+    return probes
+
+
 def _save_best(name: str, best: dict, rows: list[dict], chosen, config: RunConfig):
     """A preset derived from the probed one, with the winning batch and what its probe measured."""
     import datetime
 
-    results = {k: best[k] for k in ("mfu", "tokens_per_second", "step_ms", "peak_memory_gib") if best[k] is not None}
+    results = {k: best[k] for k in events.Result.preset_fields() if best.get(k) is not None}  # what its probe measured
     probes = ", ".join(f"#{r['id']} b{r['device_batch']} {r['status']}" for r in rows)
     provenance = {"source": f"nanolaunch dry --batch on {best['gpu_count'] or 1}×{best['gpu']}: probes {probes}",
                   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

@@ -1,5 +1,7 @@
-"""Stands in for the W&B client, whose service cannot be reached from the test machine: init returns a run
-with a URL, and logging goes to a JSON-lines file the test can read ($WANDB_STUB_LOG)."""
+"""Stands in for the W&B client where a test needs what only the online service gives, a run's URL (the
+ledger's wandb_url; offline, the real client has none), and checks that the key reached the trainer: init
+returns a run with a URL, and logging goes to a JSON-lines file the test can read ($WANDB_STUB_LOG). The
+logging itself is tested with the real client, offline: tests/test_wandb.py."""
 import json
 import os
 
