@@ -32,7 +32,9 @@ tar -x`) and --nanochat-python an interpreter that runs it (torch, tiktoken, rus
      --no-compile). The shim (NANOCHAT_SEED_SHIM below) runs nanochat's own scripts/base_train.py with runpy,
      unmodified; base_train has no seed flag and calls torch.manual_seed(42), which the shim turns into
      torch.manual_seed(SEED). Its data order has no seed: nanochat's seeds vary the initialisation only.
-     It writes its checkpoint to WORK/nanochat-base/base_checkpoints/<tag>/model_<N>.pt.
+     It writes its checkpoint to WORK/nanochat-base/base_checkpoints/<tag>/model_<N>.pt. --nanochat-variants lr1
+     adds --matrix-lr/--embedding-lr/--unembedding-lr = its defaults ÷ √(TB / 2^19), so that after its own batch
+     scaling its base learning rates are the effective ones (weight decay unchanged).
    - ours: `python -m trainer.train --depth D --head-dim 128 --seq-len S --device-batch B --total-batch TB
      --vocab-size V --iterations N --device cpu --dtype fp32 --threads 2 --compile|--no-compile --seed SEED
      --data WORK/data --data-dir WORK/ours-store --tokenizer-dir WORK/ours-store/tokenizer_... --eval-every E
@@ -335,6 +337,18 @@ def prepare(a, work: Path) -> dict:
 
 
 # -- runs ----------------------------------------------------------------------------------------------------------
+def nanochat(who: str) -> bool:
+    return who.split("_", 1)[0] == "nanochat"
+
+
+def nanochat_flags(a, who: str) -> list[str]:
+    """`nanochat_lr1`: its base learning rates as the effective ones (it scales them by √(total batch / 2^19))."""
+    if who == "nanochat":
+        return []
+    s = math.sqrt(a.total_batch / NC_B_REF)
+    return [f"--{k}-lr={v / s!r}" for k, v in NC_LRS.items()]
+
+
 def variant_flags(a, variant: str) -> list[str]:
     if variant == "default":
         return []
@@ -348,12 +362,12 @@ def variant_flags(a, variant: str) -> list[str]:
 
 
 def train_cmd(a, work: Path, who: str, depth: int, seed: int, tag: str, prep: dict) -> tuple[list[str], dict, Path]:
-    if who == "nanochat":
+    if nanochat(who):
         cmd = [a.nanochat_python, "-c", NANOCHAT_SEED_SHIM, str(seed), "--run=dummy", "--device-type=cpu",
                f"--depth={depth}", f"--head-dim={HEAD_DIM}", "--window-pattern=L", f"--max-seq-len={a.seq}",
                f"--device-batch-size={a.device_batch}", f"--total-batch-size={a.total_batch}",
                f"--num-iterations={a.steps}", f"--eval-every={a.eval_every}", f"--eval-tokens={a.eval_tokens}",
-               "--core-metric-every=-1", "--sample-every=-1", f"--model-tag={tag}"]
+               "--core-metric-every=-1", "--sample-every=-1", f"--model-tag={tag}", *nanochat_flags(a, who)]
         env = base_env(a.threads) | {"NANOCHAT_BASE_DIR": str(work / "nanochat-base"), "NANOCHAT_DTYPE": "float32"}
         if not a.compile:
             env["TORCHDYNAMO_DISABLE"] = "1"
@@ -371,7 +385,7 @@ def train_cmd(a, work: Path, who: str, depth: int, seed: int, tag: str, prep: di
 
 
 def parse_run(who: str, out: str) -> dict:
-    if who == "nanochat":
+    if nanochat(who):
         dts, info = parse_nanochat(out)
         curve = [(int(s), float(v)) for s, v in NC_EVAL.findall(out)]
         m = NC_TOKENS.search(out)
@@ -399,11 +413,11 @@ def parse_run(who: str, out: str) -> dict:
 
 def evaluate(a, work: Path, who: str, tag: str, prep: dict) -> dict:
     out = work / "records" / f"{tag}.eval.json"
-    cmd = [a.nanochat_python if who == "nanochat" else str(REPO / ".venv" / "bin" / "python"), str(Path(__file__)),
-           "--eval-worker", "nanochat" if who == "nanochat" else "ours", "--docs", str(work / "eval_docs.json"),
+    cmd = [a.nanochat_python if nanochat(who) else str(REPO / ".venv" / "bin" / "python"), str(Path(__file__)),
+           "--eval-worker", "nanochat" if nanochat(who) else "ours", "--docs", str(work / "eval_docs.json"),
            "--seq", str(a.seq), "--device-batch", str(a.device_batch), "--threads", str(a.threads),
            "--out", str(out), "--nanochat", str(Path(a.nanochat).resolve())]
-    if who == "nanochat":
+    if nanochat(who):
         cmd += ["--checkpoint", str(work / "nanochat-base" / "base_checkpoints" / tag)]
         env = base_env(a.threads) | {"NANOCHAT_BASE_DIR": str(work / "nanochat-base"), "NANOCHAT_DTYPE": "float32",
                                      "TORCHDYNAMO_DISABLE": "1"}
@@ -411,7 +425,7 @@ def evaluate(a, work: Path, who: str, tag: str, prep: dict) -> dict:
         cmd += ["--checkpoint", str(work / "runs" / tag), "--tokenizer", prep["ours_tokenizer"]]
         env = base_env(a.threads) | {"PYTHONPATH": str(REPO)}
     log = work / "logs" / f"{tag}.eval.log"
-    code, text, wall, _, _ = run(cmd, cwd=Path(a.nanochat) if who == "nanochat" else REPO, env=env,
+    code, text, wall, _, _ = run(cmd, cwd=Path(a.nanochat) if nanochat(who) else REPO, env=env,
                                  timeout=a.timeout, log=log)
     if code != 0 or not out.exists():
         tail = " | ".join(text.strip().splitlines()[-3:])
@@ -561,6 +575,8 @@ def main() -> None:
                    help="torch.compile both (nanochat always compiles; off = TORCHDYNAMO_DISABLE=1)")
     p.add_argument("--only", choices=["ours", "nanochat"], help="run one trainer only")
     p.add_argument("--variants", default="default,ncsched", help="our variants: default, ncsched, nclr")
+    p.add_argument("--nanochat-variants", default="default",
+                   help="nanochat's: default, lr1 (its base learning rates unscaled by the batch)")
     p.add_argument("--corpus-chars", type=int, default=32_000_000, help="stdlib characters (≈31.5M is all of it)")
     p.add_argument("--doc-chars", type=int, default=0, help="first cut of documents, characters (0: 2 × seq)")
     p.add_argument("--shards", type=int, default=8, help="parquet shards, the last held out")
@@ -593,7 +609,10 @@ def main() -> None:
     if a.eval_tokens < a.device_batch * a.seq:
         p.error("--eval-tokens must be at least one device batch × seq (nanochat evaluates eval_tokens // (B·T) batches)")
     ours = [f"ours_{v}" if v != "default" else "ours" for v in variants]
-    trainers = ["nanochat"] * (a.only != "ours") + ours * (a.only != "nanochat")
+    theirs = [f"nanochat_{v}" if v != "default" else "nanochat" for v in a.nanochat_variants.split(",") if v]
+    if set(theirs) - {"nanochat", "nanochat_lr1"}:
+        p.error(f"--nanochat-variants: unknown {a.nanochat_variants}")
+    trainers = theirs * (a.only != "ours") + ours * (a.only != "nanochat")
 
     work = Path(a.work)
     (work / "logs").mkdir(parents=True, exist_ok=True)
