@@ -198,7 +198,9 @@ class Ledger:
         wall = fields.pop("wall_seconds", None) or ended - (row["started_at"] or ended)
         result = result if isinstance(result, events.Result) else events.Result.of(result, status)
         figures = result.row()
-        figures = {**{k: v for k, v in figures.items() if k in COLUMNS}, "result": figures}
+        extra = {k: figures.pop(k) for k in list(figures) if k not in COLUMNS}  # no column of its own: the JSON
+        if extra:
+            figures["result"] = extra
         rate = row["usd_per_hour"]
         cost = None if rate is None else rate * wall / 3600
         if status == "failed_to_launch":  # SkyPilot got no machine: no time ran on one, nothing was billed

@@ -18,7 +18,7 @@ from nanolaunch import prices
 from nanolaunch.ledger import Ledger
 from nanolaunch.planner import data_dir
 from nanolaunch.runs import LOG_NAME, RESULT_NAME
-from nanolaunch.session import Ended, Request, Session
+from nanolaunch.session import Ended, Request, Session, derived
 from nanolaunch.task import REPO, Placement, RunOptions, single_node_env
 from trainer.settings import ENV_PREFIX
 
@@ -37,8 +37,6 @@ def run_local(req: Request, ledger: Ledger | None = None) -> dict:
     ledger = ledger or Ledger()
     plan = None
     if not req.config.on_cpu:  # a GPU config run here (--local) costs this machine's rate, not a cloud's
-        from nanolaunch.session import derived
-
         rate, source = prices.local_rate()
         plan = {**derived(req.config, req.preset, probe=req.probe is not None), "usd_per_hour": rate,
                 "price_source": f"this machine: {source}"}
