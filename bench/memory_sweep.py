@@ -7,8 +7,8 @@ Every measured figure is the trainer's own report: `python -m trainer.train --pr
 with what the CPU model describes (--dtype fp32, compile off, fused loss on), one micro-step per
 optimizer step, 1 torch thread per process; its result event's peak_memory_gib is the process's peak
 resident set size. The prediction is nanolaunch.memory.estimate(..., "cpu"). --fit prints the least-squares
-CPU constants (docs/memory.md): the weights, grads, optimizer-state and logit terms are analytic, the
-activation, retained and optimizer-step bytes, the overlap and the overhead are fitted (relative error).
+CPU constants (docs/memory.md): the weights, grads, optimizer-state, logit and Muon-step terms are counted, the
+activation and retained bytes, the step's heap factor, the overlap and the overhead are fitted (relative error).
 The peak RSS grows over the first steps (glibc keeps freed heap chunks) and is flat from about step 6;
 the constants are fitted to 8-step probes.
 """
@@ -34,6 +34,7 @@ from nanolaunch import memory  # noqa: E402
 from trainer.arithmetic import ModelShape  # noqa: E402
 
 HEAD_DIM = 64  # the CPU presets' head_dim
+STEPS = 8  # probe steps per run: the peak RSS is flat from about step 6, and the constants are fitted to this
 GIB = 2**30
 
 # (depth, device_batch, seq_len, vocab), depth 2–8, batch 1–32, seq 128–1024; vocab 4,096 (cpu_demo) and
@@ -64,7 +65,7 @@ def trainer_cmd(depth: int, batch: int, seq: int, vocab: int, run_dir: Path, ste
             "--dtype", "fp32"]
 
 
-def measure(depth: int, batch: int, seq: int, vocab: int, work: Path, steps: int = 8, threads: int = 1,
+def measure(depth: int, batch: int, seq: int, vocab: int, work: Path, steps: int = STEPS, threads: int = 1,
             accum: int = 1, timeout: float = 1800) -> float:
     """The trainer's own peak_memory_gib over a probe of `steps` optimizer steps."""
     run_dir = Path(work) / f"d{depth}_b{batch}_t{seq}_v{vocab}_s{steps}_a{accum}_th{threads}"
@@ -79,23 +80,34 @@ def measure(depth: int, batch: int, seq: int, vocab: int, work: Path, steps: int
     return float(results[-1]["peak_memory_gib"])
 
 
-def predict(depth: int, batch: int, seq: int, vocab: int) -> memory.MemoryEstimate:
-    return memory.estimate(ModelShape(depth, vocab, seq, HEAD_DIM), batch, 64.0, "cpu", real_data=False)
+def ns_bytes_here() -> int:
+    """Bytes per element of Newton–Schulz's buffers in the trainer on this CPU: bf16 where bf16 products are
+    native, fp32 where emulated (trainer/precision.py decides; the planner's _bf16_native mirrors it)."""
+    import torch
+    from trainer.precision import bf16_native
+    return 2 if bf16_native(torch.device("cpu")).bf16 else 4
 
 
-def row(cfg: tuple, measured: float, seconds: float | None = None) -> dict:
+def predict(depth: int, batch: int, seq: int, vocab: int, ns_bytes: int) -> memory.MemoryEstimate:
+    return memory.estimate(ModelShape(depth, vocab, seq, HEAD_DIM), batch, 64.0, "cpu", real_data=False,
+                           ns_bytes=ns_bytes)
+
+
+def row(cfg: tuple, measured: float, ns_bytes: int, seconds: float | None = None) -> dict:
     d, b, t, v = cfg
-    est = predict(*cfg)
-    return dict(depth=d, device_batch=b, seq_len=t, vocab=v, measured_gib=measured,
+    est = predict(*cfg, ns_bytes)
+    return dict(depth=d, device_batch=b, seq_len=t, vocab=v, ns_bytes=ns_bytes, measured_gib=measured,
                 predicted_gib=round(est.total_gib, 4), error=round(est.total_gib / measured - 1, 4),
                 seconds=None if seconds is None else round(seconds, 1))
 
 
 def sweep(grid, work: Path, jobs: int = 2, **kw) -> list[dict]:
     """Measure every configuration, `jobs` trainer processes at a time (longest first)."""
+    ns_bytes = ns_bytes_here()
+
     def one(cfg):
         t0 = time.time()
-        return row(cfg, measure(*cfg, work, **kw), time.time() - t0)
+        return row(cfg, measure(*cfg, work, **kw), ns_bytes, time.time() - t0)
     order = sorted(grid, key=lambda c: -c[0] ** 2 * c[1] * c[2])  # ~ the step's work
     with ThreadPoolExecutor(jobs) as pool:
         done = dict(zip(order, pool.map(one, order)))
@@ -112,26 +124,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def fit(rows: list[dict]) -> dict:
-    """CPU constants minimising the squared relative error over `rows`: a grid over activation bytes,
-    retained bytes, optimizer-step bytes and overlap, the overhead in closed form for each point."""
+def fit(rows: list[dict], ns_bytes: int) -> dict:
+    """CPU constants minimising the squared relative error over `rows`, with every counted term of
+    memory.estimate held exact (weights, grads, optimizer state, logits, Muon's step at `ns_bytes`): a grid over
+    activation bytes a, retained bytes r, the step's heap factor f and the overlap k, the overhead in closed form
+    for each point."""
     import numpy as np
+    est = [predict(r["depth"], r["device_batch"], r["seq_len"], r["vocab"], ns_bytes) for r in rows]
     shapes = [ModelShape(r["depth"], r["vocab"], r["seq_len"], HEAD_DIM) for r in rows]
-    tokens = np.array([r["device_batch"] * r["seq_len"] for r in rows], dtype=float)
-    fixed = np.array([(8 * s.params + 4 * s.matrix_params + 8 * (s.embedding_params + s.head_params)) / GIB
-                      for s in shapes])  # weights + grads + optimizer state
+    tokens = [r["device_batch"] * r["seq_len"] for r in rows]
+    fixed = np.array([e.weights_gib + e.grads_gib + e.optimizer_gib for e in est])
     lc = np.array([n * s.depth * s.model_dim / GIB for n, s in zip(tokens, shapes)])
     heap = np.array([4 * n * s.model_dim < memory.MMAP_THRESHOLD_MAX for n, s in zip(tokens, shapes)], dtype=float)
-    logits = np.array([memory.LOGIT_BYTES["cpu"] * n * s.vocab_size / GIB for n, s in zip(tokens, shapes)])
-    matrix = np.array([s.matrix_params / GIB for s in shapes])
+    logits = np.array([e.logits_gib for e in est])
+    counted_step = np.array([e.optimizer_step_gib / e.step_heap for e in est])
     m = np.array([r["measured_gib"] for r in rows])
     R = np.arange(0.0, 80.0, 1.0)[:, None, None]  # retained bytes
-    T = np.arange(0.0, 30.0, 0.5)[None, :, None]  # optimizer-step bytes
+    F = np.arange(1.0, 4.01, 0.05)[None, :, None]  # RSS per counted byte of the step's temporaries
     best = None
-    for k in np.arange(0.0, 1.01, 0.1):
+    for k in np.arange(0.0, 1.01, 0.05):
         for a in np.arange(40.0, 160.0, 1.0):
             fwd = (a + R * heap) * lc + logits
-            step = T * matrix
+            step = F * counted_step
             x = fixed + np.maximum(fwd, step) + k * np.minimum(fwd, step)
             c = ((1 - x / m) / m).sum(-1) / (1 / m**2).sum()
             err = (c[..., None] + x) / m - 1
@@ -139,28 +153,47 @@ def fit(rows: list[dict]) -> dict:
             i, j = np.unravel_index(np.argmin(score), score.shape)
             if best is None or score[i, j] < best["score"]:
                 best = dict(score=float(score[i, j]), activation_bytes=float(a), retained_bytes=float(R[i, 0, 0]),
-                            optimizer_step_bytes=float(T[0, j, 0]), overlap=round(float(k), 2),
+                            step_heap=round(float(F[0, j, 0]), 2), overlap=round(float(k), 2),
                             overhead_gib=float(c[i, j]), max_error=float(np.abs(err[i, j]).max()),
                             median_error=float(np.median(np.abs(err[i, j]))))
     return best
+
+
+def fit_step_heap(rows: list[dict], ns_bytes: int) -> dict:
+    """The step's heap factor alone (memory.STEP_HEAP_CPU[ns_bytes]) minimising the squared relative error over
+    `rows`, every other constant held at memory.py's: for Newton–Schulz in the other precision."""
+    import numpy as np
+    est = [predict(r["depth"], r["device_batch"], r["seq_len"], r["vocab"], ns_bytes) for r in rows]
+    base = np.array([e.weights_gib + e.grads_gib + e.optimizer_gib + e.overhead_gib for e in est])
+    fwd = np.array([e.forward_gib for e in est])
+    counted_step = np.array([e.optimizer_step_gib / e.step_heap for e in est])
+    m = np.array([r["measured_gib"] for r in rows])
+    F = np.arange(1.0, 6.01, 0.05)[:, None]
+    step = F * counted_step
+    err = (base + np.maximum(fwd, step) + memory.OVERLAP["cpu"] * np.minimum(fwd, step)) / m - 1
+    i = int(np.argmin((err**2).sum(-1)))
+    return dict(step_heap=round(float(F[i, 0]), 2), max_error=float(np.abs(err[i]).max()),
+                median_error=float(np.median(np.abs(err[i]))))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", choices=("full", "test"), default="full")
     p.add_argument("--jobs", type=int, default=2, help="trainer processes at a time")
-    p.add_argument("--steps", type=int, default=8, help="probe steps per run")
+    p.add_argument("--steps", type=int, default=STEPS, help="probe steps per run")
     p.add_argument("--threads", type=int, default=1, help="torch threads per trainer")
     p.add_argument("--accum", type=int, default=1, help="micro-steps per optimizer step")
     p.add_argument("--csv", type=Path, help="write the rows here")
     p.add_argument("--from-csv", type=Path, help="take measured_gib from this CSV instead of running the trainer")
     p.add_argument("--fit", action="store_true", help="also print least-squares CPU constants")
+    p.add_argument("--fit-step", action="store_true", help="also print the least-squares step heap factor alone "
+                   "(the other constants held): for a sweep with Newton–Schulz in the other precision")
     args = p.parse_args()
     t0 = time.time()
     if args.from_csv:
         with open(args.from_csv) as f:
             rows = [row((int(r["depth"]), int(r["device_batch"]), int(r["seq_len"]), int(r["vocab"])),
-                        float(r["measured_gib"]), float(r["seconds"]) if r.get("seconds") else None)
+                        float(r["measured_gib"]), int(r["ns_bytes"]), float(r["seconds"]) if r.get("seconds") else None)
                     for r in csv.DictReader(f)]
     else:
         grid = FULL_GRID if args.grid == "full" else TEST_GRID
@@ -170,10 +203,14 @@ def main() -> None:
               f"({args.jobs} at a time, {args.threads} thread(s) each, {args.accum} micro-step(s) per step)")
     print(table(rows))
     if args.fit:
-        f = fit(rows)
+        f = fit(rows, rows[0]["ns_bytes"])
         print(f"least-squares fit: activation {f['activation_bytes']:g} B, retained {f['retained_bytes']:g} B, "
-              f"optimizer step {f['optimizer_step_bytes']:g} B, overlap {f['overlap']:g}, overhead "
+              f"step heap {f['step_heap']:g}×, overlap {f['overlap']:g}, overhead "
               f"{f['overhead_gib']:.3f} GiB (max error {f['max_error']:.1%}, median {f['median_error']:.1%})")
+    if args.fit_step:
+        f = fit_step_heap(rows, rows[0]["ns_bytes"])
+        print(f"least-squares step heap factor at {rows[0]['ns_bytes']}-byte Newton–Schulz: {f['step_heap']:g}× "
+              f"(max error {f['max_error']:.1%}, median {f['median_error']:.1%})")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -42,7 +42,8 @@ tar -x`) and --nanochat-python an interpreter that runs it (torch, tiktoken, rus
      initialisation and the data order. Variants (--variants): `default` (our defaults), `ncsched` (nanochat's LR
      schedule in our settings: --warmup-ratio 40/N --warmdown-ratio 0.65 --final-lr-frac 0.05), `nclr` (that
      schedule and nanochat's batch-scaled learning rates: matrix 0.02·s, embedding 0.3·s, unembedding 0.008·s,
-     s = √(TB / 2^19)). What no setting of ours can give (nanochat's weight decay, momentum schedule, AdamW betas,
+     s = √(TB / 2^19)), `nclr1` (that schedule and nanochat's base rates unscaled, s = 1: what nanochat_lr1 trains
+     with). What no setting of ours can give (nanochat's weight decay, momentum schedule, AdamW betas,
      model extras) is listed in SCHEDULE_NOTES and in the report.
 
 3. One evaluator (common_bpb below), run under each trainer's own interpreter on its final checkpoint, loaded
@@ -99,7 +100,8 @@ SCHEDULE_NOTES = [
     ("final LR", "0 (final_lr_frac 0)", "0.05 × peak (--final-lr-frac 0.05)", "ncsched: final_lr_frac 0.05"),
     ("learning rates", "matrix 0.02, embedding 0.2, unembedding 0.004 (AdamW ones × (d/768)^-0.5); no batch "
      "scaling", "matrix 0.02, embedding 0.3, unembedding 0.008, scalars 0.5, all × √(total batch / 2^19) "
-     "(0.125 at 8,192), AdamW ones also × (d/768)^-0.5", "nclr: matrix/embedding/unembedding as nanochat's"),
+     "(0.125 at 8,192), AdamW ones also × (d/768)^-0.5",
+     "nclr: matrix/embedding/unembedding as nanochat's (batch-scaled); nclr1: its base rates, unscaled"),
     ("weight decay", "none", "Muon: cautious, 0.28 × √(B/2^19) × D_ref/D (printed per run), cosine to 0; "
      "AdamW: head 0.01, embedding 0.001, value embeddings 0.01, resid scalars 0.05", "no setting"),
     ("Muon momentum", "0.85 → 0.95 over 300 steps", "0.85 → 0.97 over 400 steps, 0.97 → 0.90 over the warmdown",
@@ -349,13 +351,16 @@ def nanochat_flags(a, who: str) -> list[str]:
     return [f"--{k}-lr={v / s!r}" for k, v in NC_LRS.items()]
 
 
+OUR_VARIANTS = ("default", "ncsched", "nclr", "nclr1")
+
+
 def variant_flags(a, variant: str) -> list[str]:
     if variant == "default":
         return []
     flags = ["--warmup-ratio", repr(min(1.0, NC_WARMUP_STEPS / a.steps)), "--warmdown-ratio", repr(NC_WARMDOWN),
              "--final-lr-frac", repr(NC_FINAL_LR)]
-    if variant == "nclr":
-        s = math.sqrt(a.total_batch / NC_B_REF)
+    if variant in ("nclr", "nclr1"):  # nclr1: nanochat's base rates as the effective ones, like nanochat_lr1
+        s = math.sqrt(a.total_batch / NC_B_REF) if variant == "nclr" else 1.0
         flags += ["--matrix-lr", repr(NC_LRS["matrix"] * s), "--embedding-lr", repr(NC_LRS["embedding"] * s),
                   "--unembedding-lr", repr(NC_LRS["unembedding"] * s)]
     return flags
@@ -574,7 +579,7 @@ def main() -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile both (nanochat always compiles; off = TORCHDYNAMO_DISABLE=1)")
     p.add_argument("--only", choices=["ours", "nanochat"], help="run one trainer only")
-    p.add_argument("--variants", default="default,ncsched", help="our variants: default, ncsched, nclr")
+    p.add_argument("--variants", default="default,ncsched", help=f"our variants: {', '.join(OUR_VARIANTS)}")
     p.add_argument("--nanochat-variants", default="default",
                    help="nanochat's: default, lr1 (its base learning rates unscaled by the batch)")
     p.add_argument("--corpus-chars", type=int, default=32_000_000, help="stdlib characters (≈31.5M is all of it)")
@@ -596,8 +601,8 @@ def main() -> None:
         p.error("--nanochat and --nanochat-python are required (the tokenizer and corpus check need nanochat's)")
     depths, seeds = [int(x) for x in a.depths.split(",")], [int(x) for x in a.seeds.split(",")]
     variants = [v for v in a.variants.split(",") if v]
-    if set(variants) - {"default", "ncsched", "nclr"}:
-        p.error(f"--variants: unknown {sorted(set(variants) - {'default', 'ncsched', 'nclr'})}")
+    if set(variants) - set(OUR_VARIANTS):
+        p.error(f"--variants: unknown {sorted(set(variants) - set(OUR_VARIANTS))}")
     for d in depths:
         if (64 * d) % HEAD_DIM:
             p.error(f"depth {d}: model_dim {64 * d} is no multiple of {HEAD_DIM}; nanochat rounds it up, ours does not")

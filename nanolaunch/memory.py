@@ -12,12 +12,14 @@ The per-element constants, per backend:
 - CUDA (bf16 autocast): counted, not fitted. Compiled: COMPILED_BF16, from the compiled graph
   (trainer/graph_census.py); eager: EAGER_BF16, from what autograd saves. The published figures
   (data/memory_published.csv) bound the high end; the context and cuBLAS workspace are assumed.
-- CPU (fp32, eager, fused loss; what nanolaunch runs there): least squares against the trainer's own
-  peak-RSS reports (8-step probes on synthetic data) over 37 configurations, depth 2–8, device batch
-  1–32, seq 128–1024, vocab 4,096 and 65,536 (bench/memory_sweep.py, 2026-11-21, 2-core x86_64 24 GiB,
-  torch 2.13.0 CPU; raw figures in nanolaunch/data/memory_cpu.csv): max error 6.8%, median 1.4%.
-  tests/test_memory_calibration.py re-measures 14 of them and holds each within ±15%. The data term
-  (real text instead of synthetic batches) is measured separately.
+- CPU (fp32, eager, fused loss; what nanolaunch runs there): the counted terms held exact, the activation,
+  retained-heap, step-heap, overlap and overhead constants by least squares against the trainer's own peak-RSS
+  reports (8-step probes on synthetic data) over 37 configurations, depth 2–8, device batch 1–32, seq
+  128–1024, vocab 4,096 and 65,536 (bench/memory_sweep.py, 2026-12-06, 2-core Xeon with AMX/AVX-512 BF16,
+  24 GiB, torch 2.13.0 CPU; nanolaunch/data/memory_cpu.csv, and memory_cpu_fp32ns.csv for Newton–Schulz in
+  fp32): max error 6.8% (bf16 Newton–Schulz) and 11.5% (fp32). tests/test_memory_calibration.py re-measures 14
+  of them and holds each within ±15%. The data term (real text instead of synthetic batches) is measured
+  separately.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ HEADROOM = 0.10  # fraction of device memory kept free: allocator fragmentation,
 # bytes of saved activations per (layer · token · model_dim channel) on CPU: ~19 fp32 tensors of width d per block
 # (norm inputs/outputs, q/k before and after their norm, v, attention output and its copy, the 4d MLP
 # activation twice), plus the backward's first gradients, fitted. (Compiled CUDA: COMPILED_BF16 below.)
-ACTIVATION_BYTES = {"cpu": 93.0}
+ACTIVATION_BYTES = {"cpu": 90.0}
 # Compiled bf16 on CUDA (torch.compile's default backend): what the forward pass keeps for backward, counted from
 # the graph itself by trainer/graph_census.py (AOTAutograd + inductor's partitioner, CUDA's autocast op policy,
 # torch 2.13) over depth 4-20 at vocab 65,536, seq 2,048 (graph_census.SHAPES; the linear form is exact to 0.2%,
@@ -53,7 +55,7 @@ LOGIT_GRAD_BYTES = 2.0
 # CPU only: glibc serves allocations under its mmap threshold (raised dynamically, to at most 32 MiB) from
 # the heap and keeps the freed chunks, so while one (tokens × d) fp32 activation is under 32 MiB the RSS
 # peak carries this many more bytes per (layer · token · channel); over it, tensors are mmap'd and returned.
-RETAINED_BYTES = {"cuda": 0.0, "cpu": 36.0}
+RETAINED_BYTES = {"cuda": 0.0, "cpu": 14.0}
 MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 # Eager bf16 autocast (CUDA without --compile): what autograd saves, counted with saved-tensor hooks on CPU
 # (tests/test_memory_model.py), least squares over 8 shapes, max error 0.5%: 48 B per layer·token·channel
@@ -66,13 +68,18 @@ EAGER_BF16 = {"per_layer_channel": 48.0, "per_channel": 11.5, "per_logit_fused":
 LOGIT_BYTES = {"cpu": 4.0}
 # fraction of the smaller of the two moments still resident at the larger one's peak: on CPU the heap
 # one leaves behind is fragmented for the other's tensor sizes and is only partly reused (fitted)
-OVERLAP = {"cuda": 0.0, "cpu": 0.2}
+OVERLAP = {"cuda": 0.0, "cpu": 0.0}
+# CPU only: resident bytes per counted byte of Muon's step temporaries (exact as tensors, muon_step_bytes), by
+# Newton–Schulz's element size: the step's short-lived tensors of a few MiB each are heap allocations, and the
+# freed chunks stay resident beside the next shape group's (fitted, like RETAINED_BYTES; fp32's with the other
+# constants held, on the same machine with bf16 declared emulated)
+STEP_HEAP_CPU = {2: 1.55, 4: 2.1}
 # CUDA: the context outside PyTorch's allocator (driver, kernels; PyTorch's notes on CUDA memory put it at
 # 300 MiB to over 1 GiB by GPU and CUDA version: 0.5 assumed) and cuBLAS's workspace, which PyTorch allocates
 # through its caching allocator (32 MiB per handle on Hopper: CUBLAS_WORKSPACE_CONFIG's default :4096:8).
 # On CPU the Python + torch process itself (fitted).
 CUDA_CONTEXT_GIB = 0.5
-OVERHEAD_GIB = {"cuda": CUDA_CONTEXT_GIB + 32 / 1024, "cpu": 0.323}
+OVERHEAD_GIB = {"cuda": CUDA_CONTEXT_GIB + 32 / 1024, "cpu": 0.339}
 # CPU only (host memory is not device memory on CUDA): training on real text instead of synthetic batches
 # adds pyarrow, the tokenizer and the TokenLoader's background tokenizing thread (its own malloc arena);
 # measured +0.07 to +0.10 GiB on the stdlib corpus with a saved tokenizer
@@ -131,6 +138,7 @@ class MemoryEstimate:
     logit_grad_gib: float = 0.0  # CUDA: the loss's bf16 gradient of the logits, at the start of backward
     excess_gib: float = 0.0  # CUDA: the largest unexplained excess of a published figure, at this size
     excess_source: str = ""
+    step_heap: float = 1.0  # CPU: resident bytes per counted byte of the step's temporaries (optimizer_step_gib)
 
     @property
     def forward_gib(self) -> float:
@@ -186,15 +194,16 @@ class MemoryEstimate:
         cuda, w = self.backend == "cuda", self.world_size
         eager = "eager bf16: counted with saved-tensor hooks (tests/test_memory_model.py)"
         census = "counted from the compiled graph (trainer/graph_census.py), CUDA's autocast policy"
-        fitted_cpu = "fitted to peak RSS of 37 CPU probes (docs/memory.md)"
+        fitted_cpu = "fitted to peak RSS of 37 CPU probes per Newton–Schulz precision (docs/memory.md)"
         rows = [
             ("weights", self.weights_gib, "exact", "4·P: fp32 master weights"),
             ("gradients", self.grads_gib, "exact", "4·P: fp32, held through the micro-steps"),
             ("optimizer shard", self.optimizer_gib, "exact",
              f"Muon momentum of this rank's matrices + AdamW moments of its 1/{w} slice" if w > 1
              else "Muon momentum + AdamW's two moments (one rank: all of it)"),
-            ("optimizer step", self.optimizer_step_gib, "exact", "≤ 8 stacked fp32 updates + Newton–Schulz's "
-             f"{'bf16' if self.ns_bytes == 2 else 'fp32'} buffers (eager; compiled assumed no larger)"),
+            ("optimizer step", self.optimizer_step_gib, "exact" if cuda else "assumed", "≤ 8 stacked fp32 updates "
+             f"+ Newton–Schulz's {'bf16' if self.ns_bytes == 2 else 'fp32'} buffers (eager; compiled assumed no "
+             "larger)" + ("" if cuda else f", × {self.step_heap:g} resident per counted byte ({fitted_cpu})")),
             ("communication", self.comm_gib, "exact", ("reduce-scattered gradients of the owned matrices + one "
              "scratch" + (" + NCCL's flat list buffers (world × matrix per round in flight)" if cuda else ""))
              if w > 1 else "none on one rank"),
@@ -302,6 +311,7 @@ def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, bac
     layer_channels = tokens * shape.depth * shape.model_dim
     on_heap = 4 * tokens * shape.model_dim < MMAP_THRESHOLD_MAX  # one fp32 (tokens × d) activation
     step = muon_step_bytes(shape, world_size, 0, ns_bytes)
+    heap_factor = STEP_HEAP_CPU[ns_bytes] if backend == "cpu" else 1.0
     transient = 0.0
     if backend == "cuda":
         saved = compiled_bf16_saved_bytes if compiled else eager_bf16_saved_bytes
@@ -322,7 +332,8 @@ def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, bac
         overhead_gib=OVERHEAD_GIB[backend],
         device_memory_gib=device_memory_gib,
         retained_gib=RETAINED_BYTES[backend] * layer_channels / GIB if on_heap else 0.0,
-        optimizer_step_gib=step[0] / GIB,
+        optimizer_step_gib=heap_factor * step[0] / GIB,
+        step_heap=heap_factor,
         comm_gib=step[1] / GIB,
         world_size=world_size,
         backend=backend,
