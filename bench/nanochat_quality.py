@@ -34,7 +34,9 @@ tar -x`) and --nanochat-python an interpreter that runs it (torch, tiktoken, rus
      torch.manual_seed(SEED). Its data order has no seed: nanochat's seeds vary the initialisation only.
      It writes its checkpoint to WORK/nanochat-base/base_checkpoints/<tag>/model_<N>.pt. --nanochat-variants lr1
      adds --matrix-lr/--embedding-lr/--unembedding-lr = its defaults ÷ √(TB / 2^19), so that after its own batch
-     scaling its base learning rates are the effective ones (weight decay unchanged).
+     scaling its base learning rates are the effective ones (weight decay unchanged); lr1_wd0 adds
+     --weight-decay=0.0, lr1_oursched our schedule (--warmup-steps=0 --warmdown-ratio=0.2 --final-lr-frac=0.0), lr1_nove
+     lr1 without value embeddings (the shim and the evaluator's worker run NANOCHAT_ABLATIONS' code first).
    - ours: `python -m trainer.train --depth D --head-dim 128 --seq-len S --device-batch B --total-batch TB
      --vocab-size V --iterations N --device cpu --dtype fp32 --threads 2 --compile|--no-compile --seed SEED
      --data WORK/data --data-dir WORK/ours-store --tokenizer-dir WORK/ours-store/tokenizer_... --eval-every E
@@ -89,7 +91,14 @@ NC_EVAL = re.compile(r"^Step (\d+) \| Validation bpb: ([\d.]+)", re.M)
 NC_TOKENS = re.compile(r"^Total number of training tokens: ([\d,]+)", re.M)
 NC_LR_SCALE = re.compile(r"Scaling LRs by ([\d.]+)")
 NC_WD = re.compile(r"Scaling weight decay from ([\d.]+) to ([\d.]+)")
-NANOCHAT_SEED_SHIM = ("import runpy, sys, torch; seed = int(sys.argv.pop(1)); _seed = torch.manual_seed; "
+# Ablations no flag of nanochat's gives: code run before its model is built, in training (the shim) and in the
+# evaluator's worker alike (env NANOCHAT_ABLATION names one; its module file is untouched)
+NANOCHAT_ABLATIONS = {
+    "nove": "import nanochat.gpt as g; g.has_ve = lambda layer_idx, n_layer: False",  # no value embeddings
+}
+NANOCHAT_SEED_SHIM = ("import os, runpy, sys, torch; "
+                      "exec(os.environ.get('NANOCHAT_ABLATION_CODE', '')); "
+                      "seed = int(sys.argv.pop(1)); _seed = torch.manual_seed; "
                       "torch.manual_seed = lambda s: _seed(seed if s == 42 else s); sys.argv[0] = 'scripts/base_train.py'; "
                       "runpy.run_module('scripts.base_train', run_name='__main__', alter_sys=True)")
 
@@ -160,6 +169,7 @@ def worker(a) -> None:
     docs = json.loads(Path(a.docs).read_text())
     if a.eval_worker == "nanochat":
         sys.path.insert(0, str(Path(a.nanochat).resolve()))
+        exec(os.environ.get("NANOCHAT_ABLATION_CODE", ""))  # the run's ablation (NANOCHAT_ABLATIONS), as trained
         from nanochat.checkpoint_manager import build_model, find_last_step
 
         from nanochat.dataloader import tokenizing_distributed_data_loader_bos_bestfit
@@ -344,11 +354,27 @@ def nanochat(who: str) -> bool:
 
 
 def nanochat_flags(a, who: str) -> list[str]:
-    """`nanochat_lr1`: its base learning rates as the effective ones (it scales them by √(total batch / 2^19))."""
+    """`nanochat_lr1`: its base learning rates as the effective ones (it scales them by √(total batch / 2^19));
+    `nanochat_lr1_wd0`: and no weight decay; `nanochat_lr1_oursched`: and our LR schedule (no warmup, the last
+    20% linear to 0)."""
     if who == "nanochat":
         return []
     s = math.sqrt(a.total_batch / NC_B_REF)
-    return [f"--{k}-lr={v / s!r}" for k, v in NC_LRS.items()]
+    flags = [f"--{k}-lr={v / s!r}" for k, v in NC_LRS.items()]
+    if who == "nanochat_lr1_wd0":
+        flags.append("--weight-decay=0.0")
+    if who == "nanochat_lr1_oursched":
+        flags += ["--warmup-steps=0", "--warmdown-ratio=0.2", "--final-lr-frac=0.0"]
+    return flags
+
+
+NANOCHAT_VARIANTS = ("default", "lr1", "lr1_wd0", "lr1_oursched", "lr1_nove")
+
+
+def ablation_env(who: str) -> dict:
+    """`nanochat_lr1_nove`: lr1 with value embeddings off (NANOCHAT_ABLATIONS), in training and evaluation."""
+    name = who.rsplit("_", 1)[-1]
+    return {"NANOCHAT_ABLATION_CODE": NANOCHAT_ABLATIONS[name]} if nanochat(who) and name in NANOCHAT_ABLATIONS else {}
 
 
 OUR_VARIANTS = ("default", "ncsched", "nclr", "nclr1")
@@ -374,6 +400,7 @@ def train_cmd(a, work: Path, who: str, depth: int, seed: int, tag: str, prep: di
                f"--num-iterations={a.steps}", f"--eval-every={a.eval_every}", f"--eval-tokens={a.eval_tokens}",
                "--core-metric-every=-1", "--sample-every=-1", f"--model-tag={tag}", *nanochat_flags(a, who)]
         env = base_env(a.threads) | {"NANOCHAT_BASE_DIR": str(work / "nanochat-base"), "NANOCHAT_DTYPE": "float32"}
+        env |= ablation_env(who)
         if not a.compile:
             env["TORCHDYNAMO_DISABLE"] = "1"
         return cmd, env, Path(a.nanochat)
@@ -425,7 +452,7 @@ def evaluate(a, work: Path, who: str, tag: str, prep: dict) -> dict:
     if nanochat(who):
         cmd += ["--checkpoint", str(work / "nanochat-base" / "base_checkpoints" / tag)]
         env = base_env(a.threads) | {"NANOCHAT_BASE_DIR": str(work / "nanochat-base"), "NANOCHAT_DTYPE": "float32",
-                                     "TORCHDYNAMO_DISABLE": "1"}
+                                     "TORCHDYNAMO_DISABLE": "1"} | ablation_env(who)
     else:
         cmd += ["--checkpoint", str(work / "runs" / tag), "--tokenizer", prep["ours_tokenizer"]]
         env = base_env(a.threads) | {"PYTHONPATH": str(REPO)}
@@ -581,7 +608,8 @@ def main() -> None:
     p.add_argument("--only", choices=["ours", "nanochat"], help="run one trainer only")
     p.add_argument("--variants", default="default,ncsched", help=f"our variants: {', '.join(OUR_VARIANTS)}")
     p.add_argument("--nanochat-variants", default="default",
-                   help="nanochat's: default, lr1 (its base learning rates unscaled by the batch)")
+                   help="nanochat's: default, lr1 (its base learning rates unscaled by the batch), lr1_wd0 (and no "
+                   "weight decay), lr1_oursched (and our LR schedule), lr1_nove (and no value embeddings)")
     p.add_argument("--corpus-chars", type=int, default=32_000_000, help="stdlib characters (≈31.5M is all of it)")
     p.add_argument("--doc-chars", type=int, default=0, help="first cut of documents, characters (0: 2 × seq)")
     p.add_argument("--shards", type=int, default=8, help="parquet shards, the last held out")
@@ -615,7 +643,7 @@ def main() -> None:
         p.error("--eval-tokens must be at least one device batch × seq (nanochat evaluates eval_tokens // (B·T) batches)")
     ours = [f"ours_{v}" if v != "default" else "ours" for v in variants]
     theirs = [f"nanochat_{v}" if v != "default" else "nanochat" for v in a.nanochat_variants.split(",") if v]
-    if set(theirs) - {"nanochat", "nanochat_lr1"}:
+    if set(theirs) - {f"nanochat_{v}" if v != "default" else "nanochat" for v in NANOCHAT_VARIANTS}:
         p.error(f"--nanochat-variants: unknown {a.nanochat_variants}")
     trainers = theirs * (a.only != "ours") + ours * (a.only != "nanochat")
 
