@@ -45,7 +45,7 @@ tar -x`) and --nanochat-python an interpreter that runs it (torch, tiktoken, rus
      schedule in our settings: --warmup-ratio 40/N --warmdown-ratio 0.65 --final-lr-frac 0.05), `nclr` (that
      schedule and nanochat's batch-scaled learning rates: matrix 0.02·s, embedding 0.3·s, unembedding 0.008·s,
      s = √(TB / 2^19)), `nclr1` (that schedule and nanochat's base rates unscaled, s = 1: what nanochat_lr1 trains
-     with). What no setting of ours can give (nanochat's weight decay, momentum schedule, AdamW betas,
+     with), `ve` (our defaults with --value-embeddings: nanochat's value residual). What no setting of ours can give (nanochat's weight decay, momentum schedule, AdamW betas,
      model extras) is listed in SCHEDULE_NOTES and in the report.
 
 3. One evaluator (common_bpb below), run under each trainer's own interpreter on its final checkpoint, loaded
@@ -200,7 +200,8 @@ def worker(a) -> None:
             raise SystemExit(f"no complete checkpoint in {a.checkpoint}")
         state = json.loads((path / "state.json").read_text())
         step = state["step"]
-        shape = ModelShape(**{k: state["shape"][k] for k in ("depth", "vocab_size", "seq_len", "head_dim")})
+        shape = ModelShape(**{k: state["shape"][k] for k in ("depth", "vocab_size", "seq_len", "head_dim")},
+                           value_embeddings=state["shape"].get("value_embeddings", False))
         model = GPT(shape, fused_loss=False)
         model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
         model.eval()
@@ -377,12 +378,14 @@ def ablation_env(who: str) -> dict:
     return {"NANOCHAT_ABLATION_CODE": NANOCHAT_ABLATIONS[name]} if nanochat(who) and name in NANOCHAT_ABLATIONS else {}
 
 
-OUR_VARIANTS = ("default", "ncsched", "nclr", "nclr1")
+OUR_VARIANTS = ("default", "ncsched", "nclr", "nclr1", "ve")
 
 
 def variant_flags(a, variant: str) -> list[str]:
     if variant == "default":
         return []
+    if variant == "ve":  # nanochat's value embeddings, everything else ours
+        return ["--value-embeddings"]
     flags = ["--warmup-ratio", repr(min(1.0, NC_WARMUP_STEPS / a.steps)), "--warmdown-ratio", repr(NC_WARMDOWN),
              "--final-lr-frac", repr(NC_FINAL_LR)]
     if variant in ("nclr", "nclr1"):  # nclr1: nanochat's base rates as the effective ones, like nanochat_lr1

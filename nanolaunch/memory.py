@@ -69,6 +69,10 @@ LOGIT_BYTES = {"cpu": 4.0}
 # fraction of the smaller of the two moments still resident at the larger one's peak: on CPU the heap
 # one leaves behind is fragmented for the other's tensor sizes and is only partly reused (fitted)
 OVERLAP = {"cuda": 0.0, "cpu": 0.0}
+# Value embeddings (the setting; off in every record): per value-embedding layer · token · kv channel, the looked-up
+# row kept for the gate's gradient: fp32 on CPU, fp32 + its bf16 copy under autocast. Assumed from the code, not
+# in the graph census or the CPU fit.
+VE_SAVED_BYTES = {"cuda": 6.0, "cpu": 4.0}
 # CPU only: resident bytes per counted byte of Muon's step temporaries (exact as tensors, muon_step_bytes), by
 # Newton–Schulz's element size: the step's short-lived tensors of a few MiB each are heap allocations, and the
 # freed chunks stay resident beside the next shape group's (fitted, like RETAINED_BYTES; fp32's with the other
@@ -136,6 +140,7 @@ class MemoryEstimate:
     data_gib: float = 0.0  # CPU: the real-data pipeline (parquet reader, tokenizer, loader thread)
     ns_bytes: int = 2  # Newton–Schulz's element: bf16, or fp32 where bf16 is emulated
     logit_grad_gib: float = 0.0  # CUDA: the loss's bf16 gradient of the logits, at the start of backward
+    value_embed_gib: float = 0.0  # value embeddings' saved rows (VE_SAVED_BYTES; assumed)
     excess_gib: float = 0.0  # CUDA: the largest unexplained excess of a published figure, at this size
     excess_source: str = ""
     step_heap: float = 1.0  # CPU: resident bytes per counted byte of the step's temporaries (optimizer_step_gib)
@@ -143,7 +148,8 @@ class MemoryEstimate:
     @property
     def forward_gib(self) -> float:
         """What the end of the forward pass adds on top of the fixed terms."""
-        return self.activations_gib + self.retained_gib + self.logits_gib + self.logit_grad_gib
+        return (self.activations_gib + self.retained_gib + self.logits_gib + self.logit_grad_gib
+                + self.value_embed_gib)
 
     @property
     def step_gib(self) -> float:
@@ -182,6 +188,8 @@ class MemoryEstimate:
         fwd += f" + logits {self.logits_gib:.2f}"
         if self.logit_grad_gib:
             fwd += f" + logit grad {self.logit_grad_gib:.2f}"
+        if self.value_embed_gib:
+            fwd += f" + value embeddings {self.value_embed_gib:.2f}"
         if self.step_gib:
             step = f"optimizer step {self.optimizer_step_gib:.2f}" + (f" + comm {self.comm_gib:.2f}" if self.comm_gib else "")
             fwd = f"max({fwd}, {step})" + (f" + {self.overlap:g}·min(…)" if self.overlap else "")
@@ -216,6 +224,9 @@ class MemoryEstimate:
         if cuda:
             rows.append(("logit gradient", self.logit_grad_gib, "exact", "bf16 (tokens × vocab) at the start of "
                          "backward (the buffer of nanochat issue #443's OOM)"))
+        if self.value_embed_gib:
+            rows.append(("value embeddings", self.value_embed_gib, "assumed", "the looked-up rows kept for the gates' "
+                         "gradient (not in the graph census or the CPU fit)"))
         rows.append(("CUDA context + workspace" if cuda else "process", self.overhead_gib, "assumed",
                      "context ~0.5 GiB (outside the allocator) + cuBLAS workspace 32 MiB" if cuda else fitted_cpu))
         if not cuda:
@@ -261,10 +272,17 @@ def nccl_list_bytes(shape: ModelShape, world_size: int, rank: int) -> int:
 
 def optimizer_shard_bytes(shape: ModelShape, world_size: int, rank: int) -> int:
     """This rank's optimizer state: the fp32 momentum of the Muon matrices it owns, AdamW's two fp32 moments
-    of its slice of the embedding and the head, and their two step counters (fp32 scalars). Exact."""
+    of its slice of the embedding, the value embeddings and the head, and their step counters (fp32 scalars).
+    Exact."""
     muon = sum(4 * rows * cols * owned for (rows, cols), owned in _owned(shape, world_size, rank))
-    adam = sum(8 * _slice(n, world_size, rank) + 4 for n in (shape.head_params, shape.embedding_params))
+    adam = sum(8 * _slice(n, world_size, rank) + 4 for n in _adamw_tables(shape))
     return muon + adam
+
+
+def _adamw_tables(shape: ModelShape) -> list[int]:
+    """Elements of each parameter AdamW trains: the head, the embedding, each value-embedding table."""
+    n_ve = len(shape.value_embed_layers)
+    return [shape.head_params, shape.embedding_params] + [shape.value_embed_params // max(1, n_ve)] * n_ve
 
 
 def muon_step_bytes(shape: ModelShape, world_size: int, rank: int, ns_bytes: int = 2) -> tuple[int, int]:
@@ -283,7 +301,7 @@ def muon_step_bytes(shape: ModelShape, world_size: int, rank: int, ns_bytes: int
         comm = 4 * s * (owned + 1) if world_size > 1 else 0
         best = max(best, (temps, comm), key=sum)
     if world_size > 1:  # AdamW's step before it: the reduce-scattered gradient slices of the embedding and head
-        adam = sum(4 * -(-n // world_size) for n in (shape.head_params, shape.embedding_params))
+        adam = sum(4 * -(-n // world_size) for n in _adamw_tables(shape))
         best = max(best, (0, adam), key=sum)
     return best
 
@@ -303,14 +321,15 @@ def _slice(n: int, world_size: int, rank: int) -> int:
 def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, backend: str = "cuda", *,
              real_data: bool = True, world_size: int = 1, compiled: bool = True, ns_bytes: int = 2,
              excess: bool = True) -> MemoryEstimate:
-    """Peak memory per device (rank 0, whose shares are the largest) for one micro-batch of `device_batch`
+    """Peak memory per device (the rank with the largest shares) for one micro-batch of `device_batch`
     sequences; `real_data` False for synthetic batches (probes with --probe-data synthetic, the calibration);
     `ns_bytes` 4 where Newton–Schulz runs in fp32 (a CPU without native bf16)."""
     tokens = device_batch * shape.seq_len
     p = shape.params
     layer_channels = tokens * shape.depth * shape.model_dim
     on_heap = 4 * tokens * shape.model_dim < MMAP_THRESHOLD_MAX  # one fp32 (tokens × d) activation
-    step = muon_step_bytes(shape, world_size, 0, ns_bytes)
+    ranks = range(world_size)  # the largest share: rank 0's without gates, not always with them
+    step = max((muon_step_bytes(shape, world_size, r, ns_bytes) for r in ranks), key=sum)
     heap_factor = STEP_HEAP_CPU[ns_bytes] if backend == "cpu" else 1.0
     transient = 0.0
     if backend == "cuda":
@@ -325,10 +344,11 @@ def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, bac
     return MemoryEstimate(
         weights_gib=4 * p / GIB,
         grads_gib=4 * p / GIB,
-        optimizer_gib=optimizer_shard_bytes(shape, world_size, 0) / GIB,
+        optimizer_gib=max(optimizer_shard_bytes(shape, world_size, r) for r in ranks) / GIB,
         activations_gib=activations / GIB,
         logits_gib=logits / GIB,
         logit_grad_gib=transient / GIB,
+        value_embed_gib=VE_SAVED_BYTES[backend] * tokens * shape.value_embed_params / shape.vocab_size / GIB,
         overhead_gib=OVERHEAD_GIB[backend],
         device_memory_gib=device_memory_gib,
         retained_gib=RETAINED_BYTES[backend] * layer_channels / GIB if on_heap else 0.0,

@@ -20,11 +20,11 @@ def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def main(depth: int, vocab: int, seq_len: int, head_dim: int, ns_bytes: int) -> None:
+def main(depth: int, vocab: int, seq_len: int, head_dim: int, ns_bytes: int, value_embeddings: int = 0) -> None:
     if "WORLD_SIZE" in os.environ:
         dist.init_process_group("gloo")
     torch.manual_seed(0)
-    model = GPT(ModelShape(depth, vocab, seq_len, head_dim))
+    model = GPT(ModelShape(depth, vocab, seq_len, head_dim, bool(value_embeddings)))
     model.init_weights()
     optimizers = build_optimizers(model, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, device_type="cpu",
                                   ns_dtype={2: torch.bfloat16, 4: torch.float32}[ns_bytes])

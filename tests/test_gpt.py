@@ -31,6 +31,53 @@ def test_parameter_count_is_the_arithmetic(depth, vocab, seq, head_dim):
     assert model.wte.weight.data_ptr() != model.lm_head.weight.data_ptr() or str(model.wte.weight.device) == "meta"
 
 
+@pytest.mark.parametrize("depth", [3, 4])
+def test_value_embeddings_count_as_the_arithmetic_and_nanochat(depth):
+    """Tables on every other layer, the last included, trained by AdamW; their gates by Muon. At depth 4, vocab
+    4,096, heads of 128 nanochat 92d63d4 printed 7,340,114 parameters: ours plus its 34 scalars (4 residual and 4
+    x0 lambdas, the 24-wide smear gate, smear and backout lambdas), which nanolaunch does not have."""
+    shape = ModelShape(depth, 4096, 256, 128, value_embeddings=True)
+    with torch.device("meta"):
+        model = GPT(shape)
+    groups = model.param_groups()
+    assert sum(p.numel() for p in model.parameters()) == shape.params
+    assert sum(p.numel() for p in groups["matrix"]) == shape.matrix_params
+    assert sum(p.numel() for p in groups["value_embed"]) == shape.value_embed_params
+    assert sorted(int(k) for k in model.value_embeds) == list(shape.value_embed_layers) == [i for i in range(depth)
+                                                                                           if i % 2 == (depth - 1) % 2]
+    assert [b.attn.ve_gate is not None for b in model.blocks] == [i in shape.value_embed_layers for i in range(depth)]
+    if depth == 4:
+        assert shape.params + 34 == 7_340_114
+    # FLOPs: a table lookup is none, the gates' matmuls are counted
+    plain = ModelShape(depth, 4096, 256, 128)
+    assert shape.flops_per_token - plain.flops_per_token == 6 * (shape.matrix_params - plain.matrix_params)
+
+
+def test_value_embeddings_off_keeps_the_checkpoint_keys_and_on_trains():
+    plain = GPT(ModelShape(2, 512, 64, 64)).state_dict()
+    assert not any("value_embeds" in k or "ve_gate" in k for k in plain)
+    torch.manual_seed(0)
+    model = GPT(ModelShape(2, 512, 64, 64, value_embeddings=True), fused_loss=True)
+    model.init_weights()
+    opts = build_optimizers(model, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, device_type="cpu",
+                            ns_dtype=torch.float32)
+    assert [g["lr"] for g in opts[0].param_groups][2] == 0.5 * 0.2 * dmodel_lr_scale(128)  # nanochat's half rate
+    x = torch.randint(0, 512, (4, 64))
+    before = {k: t.weight.detach().clone() for k, t in model.value_embeds.items()}
+    gates = [b.attn.ve_gate.weight.detach().clone() for b in model.blocks if b.attn.ve_gate is not None]
+    losses = []
+    for _ in range(8):
+        loss = model(x, x.roll(-1, 1))
+        loss.backward()
+        for opt in opts:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+    assert all(not torch.equal(before[k], t.weight) for k, t in model.value_embeds.items())  # AdamW trained them
+    assert all(not torch.equal(g, b.attn.ve_gate.weight) for g, b in zip(gates, model.blocks[1:]))  # Muon, the gates
+
+
 def tiny(fused=False, seed=0):
     torch.manual_seed(seed)
     model = GPT(ModelShape(2, 512, 64, 64), fused_loss=fused)

@@ -14,9 +14,10 @@ from trainer.arithmetic import ModelShape
 from test_ddp import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-SHAPES = {  # (depth, vocab, seq_len, head_dim)
+SHAPES = {  # (depth, vocab, seq_len, head_dim[, value_embeddings])
     "small": (2, 512, 64, 64),
     "deeper, few tokens: the optimizer step is the peak": (4, 512, 32, 64),
+    "value embeddings: AdamW tables and Muon gates": (3, 512, 64, 64, True),
 }
 
 
@@ -24,7 +25,8 @@ def census(world_size: int, shape: tuple, ns_bytes: int = 2) -> list[dict]:
     head = [sys.executable] if world_size == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size), "--master_port",
          str(free_port())]
-    out = subprocess.run([*head, str(REPO / "tests" / "memory_census.py"), *map(str, shape), str(ns_bytes)], cwd=REPO,
+    args = [*shape[:4], ns_bytes, int(len(shape) > 4 and shape[4])]
+    out = subprocess.run([*head, str(REPO / "tests" / "memory_census.py"), *map(str, args)], cwd=REPO,
                          capture_output=True, text=True, timeout=600,
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]

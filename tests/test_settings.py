@@ -23,7 +23,8 @@ def every_setting_changed(tmp_path) -> dict:
     """A value other than the default for every setting. Of the three horizons only one can be given at a
     time: iterations here, ratio and target_flops in test_each_horizon_round_trips."""
     values = dict(
-        depth=2, vocab_size=512, seq_len=64, head_dim=32, device_batch=4, total_batch=512, iterations=3,
+        depth=2, vocab_size=512, seq_len=64, head_dim=32, value_embeddings=True, device_batch=4, total_batch=512,
+        iterations=3,
         matrix_lr=0.03, embedding_lr=0.3, unembedding_lr=0.005, warmup_ratio=0.1, warmdown_ratio=0.3,
         final_lr_frac=0.1, eval_every=2, eval_tokens=1024, checkpoint_every=2, keep_checkpoints=3, seed=7,
         device="cpu", dtype="fp32", compile=False, fused_loss=False, threads=1, data="synthetic", shards=3,

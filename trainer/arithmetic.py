@@ -15,6 +15,9 @@ DEFAULT_SEQ_LEN = 2048
 DEFAULT_TOTAL_BATCH = 524_288  # tokens per optimizer step
 
 
+VE_GATE_CHANNELS = 12  # value embeddings: the gate reads the first 12 channels of the block's input (nanochat)
+
+
 class ShapeError(ValueError):
     """A model shape that cannot be built; the message is one line and says why."""
 
@@ -25,12 +28,15 @@ class ModelShape:
     vocab_size: int = DEFAULT_VOCAB
     seq_len: int = DEFAULT_SEQ_LEN
     head_dim: int = DEFAULT_HEAD_DIM
+    value_embeddings: bool = False  # nanochat's value residual (trainer/gpt.py); off: the shape of the records
 
     def __post_init__(self) -> None:
         for name in ("depth", "vocab_size", "seq_len", "head_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ShapeError(f"{name} must be a positive whole number, got {value!r}")
+        if not isinstance(self.value_embeddings, bool):
+            raise ShapeError(f"value_embeddings must be true or false, got {self.value_embeddings!r}")
         if self.model_dim % self.n_head:
             raise ShapeError(
                 f"depth {self.depth} gives model_dim {self.model_dim}, which does not split into "
@@ -62,19 +68,32 @@ class ModelShape:
         return self.vocab_size * self.model_dim
 
     @property
+    def value_embed_layers(self) -> tuple[int, ...]:
+        """Layers with a value embedding: every other one, the last included (nanochat's has_ve)."""
+        if not self.value_embeddings:
+            return ()
+        return tuple(i for i in range(self.depth) if i % 2 == (self.depth - 1) % 2)
+
+    @property
+    def value_embed_params(self) -> int:
+        """One (vocab × kv_dim) table per value-embedding layer: looked up, no FLOPs, trained by AdamW."""
+        return len(self.value_embed_layers) * self.vocab_size * self.n_kv_head * self.actual_head_dim
+
+    @property
     def matrix_params(self) -> int:
-        """Block matrices (attention q, k, v, o and the 4d MLP), the ones Muon trains."""
-        return 12 * self.depth * self.model_dim**2
+        """Block matrices (attention q, k, v, o, the 4d MLP, value-embedding gates), the ones Muon trains."""
+        gates = len(self.value_embed_layers) * self.n_kv_head * VE_GATE_CHANNELS
+        return 12 * self.depth * self.model_dim**2 + gates
 
     @property
     def params(self) -> int:
-        return self.embedding_params + self.head_params + self.matrix_params
+        return self.embedding_params + self.value_embed_params + self.head_params + self.matrix_params
 
     @property
     def flops_per_token(self) -> int:
-        """6·(params − embedding) for the matmuls plus 12·L·heads·head_dim·T for attention."""
+        """6·(params − embeddings) for the matmuls plus 12·L·heads·head_dim·T for attention."""
         attention = 12 * self.depth * self.n_head * self.actual_head_dim * self.seq_len
-        return 6 * (self.params - self.embedding_params) + attention
+        return 6 * (self.params - self.embedding_params - self.value_embed_params) + attention
 
     def as_dict(self) -> dict:
         return {
@@ -89,7 +108,7 @@ class ModelShape:
             "matrix_params": self.matrix_params,
             "embedding_params": self.embedding_params,
             "flops_per_token": self.flops_per_token,
-        }
+        } | ({"value_embeddings": True, "value_embed_params": self.value_embed_params} if self.value_embeddings else {})
 
 
 MUON_CHUNK = 8  # matrices Muon orthogonalises at once: bounds its step's temporaries whatever the depth
@@ -97,9 +116,11 @@ MUON_CHUNK = 8  # matrices Muon orthogonalises at once: bounds its step's tempor
 
 def muon_groups(shape: ModelShape) -> list[tuple[tuple[int, int], int]]:
     """Muon's shape groups in the order it deals them to ranks: ((rows, cols), matrices), sorted by shape.
-    Per block: q, k, v, o (d × d), the MLP's c_fc (4d × d) and c_proj (d × 4d)."""
+    Per block: q, k, v, o (d × d), the MLP's c_fc (4d × d) and c_proj (d × 4d); with value embeddings each such
+    layer's gate (kv heads × 12)."""
     d, L = shape.model_dim, shape.depth
-    return sorted([((d, d), 4 * L), ((4 * d, d), L), ((d, 4 * d), L)])
+    gates = [((shape.n_kv_head, VE_GATE_CHANNELS), len(shape.value_embed_layers))] if shape.value_embeddings else []
+    return sorted([((d, d), 4 * L), ((4 * d, d), L), ((d, 4 * d), L)] + gates)
 
 
 def deal(count: int, start: int, world_size: int) -> list[list[int | None]]:

@@ -4,6 +4,8 @@
 - QK-norm (RMSNorm of q and k after rotary), causal F.scaled_dot_product_attention, n_kv_head = n_head
 - MLP of width 4d with ReLU², no biases anywhere
 - untied output head; logits soft-capped at 15 (15·tanh(z/15)), loss in fp32
+- optional (value_embeddings): nanochat's value residual, on every other layer (the last included) a token's
+  row of its own (vocab × d) table is added to v, per head gated by 3·σ(W · the block input's first 12 channels)
 - weights are fp32 (master copy); bf16 only inside autocast
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.arithmetic import ModelShape
+from trainer.arithmetic import VE_GATE_CHANNELS, ModelShape
 
 SOFTCAP = 15.0
 ROPE_BASE = 10_000
@@ -104,19 +106,23 @@ def softcap_loss(x, weight, targets, reduction: str):
 
 
 class Attention(nn.Module):
-    def __init__(self, shape: ModelShape):
+    def __init__(self, shape: ModelShape, value_embedding: bool = False):
         super().__init__()
         d, self.n_head, self.head_dim = shape.model_dim, shape.n_head, shape.actual_head_dim
         self.c_q = nn.Linear(d, self.n_head * self.head_dim, bias=False)
         self.c_k = nn.Linear(d, shape.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(d, shape.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(d, d, bias=False)
+        self.ve_gate = nn.Linear(VE_GATE_CHANNELS, shape.n_kv_head, bias=False) if value_embedding else None
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, ve=None):
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, -1, self.head_dim)
         v = self.c_v(x).view(B, T, -1, self.head_dim)
+        if ve is not None:  # value residual: per head, a gate in (0, 3) on the token's value embedding
+            gate = 3 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))
+            v = v + gate.unsqueeze(-1) * ve.view_as(v).to(v.dtype)
         cos, sin = cos[:, :T].to(q.dtype), sin[:, :T].to(q.dtype)
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
@@ -135,13 +141,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, shape: ModelShape):
+    def __init__(self, shape: ModelShape, value_embedding: bool = False):
         super().__init__()
-        self.attn = Attention(shape)
+        self.attn = Attention(shape, value_embedding)
         self.mlp = MLP(shape)
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(norm(x), cos, sin)
+    def forward(self, x, cos, sin, ve=None):
+        x = x + self.attn(norm(x), cos, sin, ve)
         return x + self.mlp(norm(x))
 
 
@@ -151,7 +157,10 @@ class GPT(nn.Module):
         self.shape = shape
         self.fused_loss = fused_loss  # SoftcapCrossEntropy for the loss: eager CPU training
         self.wte = nn.Embedding(shape.vocab_size, shape.model_dim)
-        self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.depth))
+        ve_layers = shape.value_embed_layers
+        self.blocks = nn.ModuleList(Block(shape, i in ve_layers) for i in range(shape.depth))
+        kv_dim = shape.n_kv_head * shape.actual_head_dim
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(shape.vocab_size, kv_dim) for i in ve_layers})
         self.lm_head = nn.Linear(shape.model_dim, shape.vocab_size, bias=False)
         cos, sin = rotary(shape.seq_len, shape.actual_head_dim)
         self.register_buffer("cos", cos, persistent=False)  # derived, not checkpointed
@@ -170,11 +179,17 @@ class GPT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_gate is not None:  # nanochat's: gates start a little above neutral (1.5)
+                nn.init.uniform_(block.attn.ve_gate.weight, 0.0, 0.02)
+        bound = math.sqrt(3 / self.shape.model_dim)  # nanochat's: uniform, the std of its c_v
+        for table in self.value_embeds.values():
+            nn.init.uniform_(table.weight, -bound, bound)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Muon for the block matrices, AdamW for the embedding and the head."""
+        """Muon for the block matrices (value-embedding gates included), AdamW for the embedding, the value
+        embeddings and the head."""
         groups = {"matrix": list(self.blocks.parameters()), "embedding": [self.wte.weight],
-                  "head": [self.lm_head.weight]}
+                  "value_embed": list(self.value_embeds.parameters()), "head": [self.lm_head.weight]}
         assert sum(len(g) for g in groups.values()) == len(list(self.parameters()))
         return groups
 
@@ -182,8 +197,9 @@ class GPT(nn.Module):
         """Logits (fp32, soft-capped) without targets; with targets the cross-entropy in nats
         (mean, sum, or per token with reduction='none'); targets of -1 are ignored."""
         x = norm(self.wte(idx))
-        for block in self.blocks:
-            x = block(x, self.cos, self.sin)
+        for i, block in enumerate(self.blocks):
+            table = self.value_embeds[str(i)] if str(i) in self.value_embeds else None
+            x = block(x, self.cos, self.sin, None if table is None else table(idx))
         x = norm(x)
         if targets is not None and self.fused_loss:
             return softcap_loss(x, self.lm_head.weight, targets, reduction)

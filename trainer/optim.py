@@ -234,12 +234,16 @@ def dmodel_lr_scale(model_dim: int) -> float:
 
 def build_optimizers(model, *, matrix_lr: float, embedding_lr: float, unembedding_lr: float,
                      device_type: str, ns_dtype: torch.dtype) -> list[torch.optim.Optimizer]:
-    """[AdamW(head, embedding), Muon(block matrices)]; every group records its base lr in 'initial_lr'.
+    """[AdamW(head, embedding, value embeddings), Muon(block matrices)]; every group records its base lr in
+    'initial_lr'.
     ns_dtype: Newton–Schulz's precision, as trainer/precision.py chooses it for the device."""
     groups = model.param_groups()
     scale = dmodel_lr_scale(model.shape.model_dim)
-    adam = ShardedAdamW([dict(params=groups["head"], lr=unembedding_lr * scale),
-                         dict(params=groups["embedding"], lr=embedding_lr * scale)], device_type)
+    adam_groups = [dict(params=groups["head"], lr=unembedding_lr * scale),
+                   dict(params=groups["embedding"], lr=embedding_lr * scale)]
+    if groups["value_embed"]:  # nanochat's: half the embedding's rate
+        adam_groups.append(dict(params=groups["value_embed"], lr=0.5 * embedding_lr * scale))
+    adam = ShardedAdamW(adam_groups, device_type)
     muon = Muon(groups["matrix"], lr=matrix_lr, momentum=MUON_MOMENTUM[1], ns_dtype=ns_dtype)
     for opt in (adam, muon):
         for g in opt.param_groups:

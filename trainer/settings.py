@@ -117,6 +117,8 @@ class TrainConfig:
                               check=positive)
     seq_len: int = setting(DEFAULT_SEQ_LEN, "tokens per sequence", "model", check=positive)
     head_dim: int = setting(DEFAULT_HEAD_DIM, "head width; heads = ⌈model_dim / head_dim⌉", "model", check=positive)
+    value_embeddings: bool = setting(False, "nanochat's value embeddings: a gated (vocab × d) table added to v on "
+                                     "every other layer, the last included (off: the records' shape)", "model")
     # batch and horizon
     device_batch: int = setting(32, "sequences per device per micro-step", "batch", check=positive)
     total_batch: int = setting(DEFAULT_TOTAL_BATCH, "tokens per optimizer step (all ranks, all micro-steps)",
@@ -218,7 +220,7 @@ class TrainConfig:
 
     @property
     def shape(self) -> ModelShape:
-        return ModelShape(self.depth, self.vocab_size, self.seq_len, self.head_dim)
+        return ModelShape(self.depth, self.vocab_size, self.seq_len, self.head_dim, self.value_embeddings)
 
     @property
     def horizon(self) -> dict:
