@@ -124,21 +124,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def counted(rows: list[dict], ns_bytes: int):
+    """Per row: the model's estimate, the step's temporaries as counted (before the heap factor), the measured GiB."""
+    import numpy as np
+    est = [predict(r["depth"], r["device_batch"], r["seq_len"], r["vocab"], ns_bytes) for r in rows]
+    return (est, np.array([e.optimizer_step_gib / e.step_heap for e in est]),
+            np.array([r["measured_gib"] for r in rows]))
+
+
 def fit(rows: list[dict], ns_bytes: int) -> dict:
     """CPU constants minimising the squared relative error over `rows`, with every counted term of
     memory.estimate held exact (weights, grads, optimizer state, logits, Muon's step at `ns_bytes`): a grid over
     activation bytes a, retained bytes r, the step's heap factor f and the overlap k, the overhead in closed form
     for each point."""
     import numpy as np
-    est = [predict(r["depth"], r["device_batch"], r["seq_len"], r["vocab"], ns_bytes) for r in rows]
+    est, counted_step, m = counted(rows, ns_bytes)
     shapes = [ModelShape(r["depth"], r["vocab"], r["seq_len"], HEAD_DIM) for r in rows]
     tokens = [r["device_batch"] * r["seq_len"] for r in rows]
     fixed = np.array([e.weights_gib + e.grads_gib + e.optimizer_gib for e in est])
     lc = np.array([n * s.depth * s.model_dim / GIB for n, s in zip(tokens, shapes)])
     heap = np.array([4 * n * s.model_dim < memory.MMAP_THRESHOLD_MAX for n, s in zip(tokens, shapes)], dtype=float)
     logits = np.array([e.logits_gib for e in est])
-    counted_step = np.array([e.optimizer_step_gib / e.step_heap for e in est])
-    m = np.array([r["measured_gib"] for r in rows])
     R = np.arange(0.0, 80.0, 1.0)[:, None, None]  # retained bytes
     F = np.arange(1.0, 4.01, 0.05)[None, :, None]  # RSS per counted byte of the step's temporaries
     best = None
@@ -163,11 +169,9 @@ def fit_step_heap(rows: list[dict], ns_bytes: int) -> dict:
     """The step's heap factor alone (memory.STEP_HEAP_CPU[ns_bytes]) minimising the squared relative error over
     `rows`, every other constant held at memory.py's: for Newton–Schulz in the other precision."""
     import numpy as np
-    est = [predict(r["depth"], r["device_batch"], r["seq_len"], r["vocab"], ns_bytes) for r in rows]
+    est, counted_step, m = counted(rows, ns_bytes)
     base = np.array([e.weights_gib + e.grads_gib + e.optimizer_gib + e.overhead_gib for e in est])
     fwd = np.array([e.forward_gib for e in est])
-    counted_step = np.array([e.optimizer_step_gib / e.step_heap for e in est])
-    m = np.array([r["measured_gib"] for r in rows])
     F = np.arange(1.0, 6.01, 0.05)[:, None]
     step = F * counted_step
     err = (base + np.maximum(fwd, step) + memory.OVERLAP["cpu"] * np.minimum(fwd, step)) / m - 1

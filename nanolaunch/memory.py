@@ -177,8 +177,11 @@ class MemoryEstimate:
 
     @property
     def verdict(self) -> str:
-        """fits: even the high end does; probe first: only the counted peak does; does not fit."""
-        return "fits" if self.high_gib <= self.usable_gib else "probe first" if self.fits else "does not fit"
+        """fits: even the high end does, and every term is backed; probe first: only the counted peak fits, or a
+        term is assumed with nothing measured behind it (value embeddings); does not fit."""
+        if not self.fits:
+            return "does not fit"
+        return "fits" if self.high_gib <= self.usable_gib and not self.value_embed_gib else "probe first"
 
     def breakdown(self) -> str:
         """One line: the terms and how they add up."""
@@ -281,8 +284,8 @@ def optimizer_shard_bytes(shape: ModelShape, world_size: int, rank: int) -> int:
 
 def _adamw_tables(shape: ModelShape) -> list[int]:
     """Elements of each parameter AdamW trains: the head, the embedding, each value-embedding table."""
-    n_ve = len(shape.value_embed_layers)
-    return [shape.head_params, shape.embedding_params] + [shape.value_embed_params // max(1, n_ve)] * n_ve
+    tables = [shape.vocab_size * shape.kv_dim] * len(shape.value_embed_layers)
+    return [shape.head_params, shape.embedding_params, *tables]
 
 
 def muon_step_bytes(shape: ModelShape, world_size: int, rank: int, ns_bytes: int = 2) -> tuple[int, int]:
@@ -348,7 +351,7 @@ def estimate(shape: ModelShape, device_batch: int, device_memory_gib: float, bac
         activations_gib=activations / GIB,
         logits_gib=logits / GIB,
         logit_grad_gib=transient / GIB,
-        value_embed_gib=VE_SAVED_BYTES[backend] * tokens * shape.value_embed_params / shape.vocab_size / GIB,
+        value_embed_gib=VE_SAVED_BYTES[backend] * tokens * len(shape.value_embed_layers) * shape.kv_dim / GIB,
         overhead_gib=OVERHEAD_GIB[backend],
         device_memory_gib=device_memory_gib,
         retained_gib=RETAINED_BYTES[backend] * layer_channels / GIB if on_heap else 0.0,

@@ -95,3 +95,14 @@ def test_eager_bf16_activations_are_what_autograd_saves(depth, vocab, seq_len, h
         model(x, x)
     activations, logits = memory.eager_bf16_saved_bytes(shape, batch)
     assert activations + logits == pytest.approx(sum(saved.values()), rel=0.01)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "cpu"])
+def test_value_embeddings_never_get_a_fits_they_cannot_back(backend):
+    """Their saved rows are assumed, measured nowhere: however small, the verdict is "probe first", and a
+    shape that does not fit on the count still does not."""
+    small = memory.estimate(ModelShape(2, 512, 64, 64, value_embeddings=True), 1, 80, backend)
+    assert small.value_embed_gib > 0 and small.total_gib < small.usable_gib and small.verdict == "probe first"
+    assert memory.estimate(ModelShape(2, 512, 64, 64), 1, 80, backend).verdict == "fits"
+    huge = memory.estimate(ModelShape(34, value_embeddings=True), 64, 80, backend)
+    assert huge.verdict == "does not fit"

@@ -68,6 +68,11 @@ class ModelShape:
         return self.vocab_size * self.model_dim
 
     @property
+    def kv_dim(self) -> int:
+        """Width of k and v (all kv heads): a value embedding's row."""
+        return self.n_kv_head * self.actual_head_dim
+
+    @property
     def value_embed_layers(self) -> tuple[int, ...]:
         """Layers with a value embedding: every other one, the last included (nanochat's has_ve)."""
         if not self.value_embeddings:
@@ -77,7 +82,7 @@ class ModelShape:
     @property
     def value_embed_params(self) -> int:
         """One (vocab × kv_dim) table per value-embedding layer: looked up, no FLOPs, trained by AdamW."""
-        return len(self.value_embed_layers) * self.vocab_size * self.n_kv_head * self.actual_head_dim
+        return len(self.value_embed_layers) * self.vocab_size * self.kv_dim
 
     @property
     def matrix_params(self) -> int:

@@ -110,8 +110,8 @@ class Attention(nn.Module):
         super().__init__()
         d, self.n_head, self.head_dim = shape.model_dim, shape.n_head, shape.actual_head_dim
         self.c_q = nn.Linear(d, self.n_head * self.head_dim, bias=False)
-        self.c_k = nn.Linear(d, shape.n_kv_head * self.head_dim, bias=False)
-        self.c_v = nn.Linear(d, shape.n_kv_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(d, shape.kv_dim, bias=False)
+        self.c_v = nn.Linear(d, shape.kv_dim, bias=False)
         self.c_proj = nn.Linear(d, d, bias=False)
         self.ve_gate = nn.Linear(VE_GATE_CHANNELS, shape.n_kv_head, bias=False) if value_embedding else None
 
@@ -159,8 +159,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(shape.vocab_size, shape.model_dim)
         ve_layers = shape.value_embed_layers
         self.blocks = nn.ModuleList(Block(shape, i in ve_layers) for i in range(shape.depth))
-        kv_dim = shape.n_kv_head * shape.actual_head_dim
-        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(shape.vocab_size, kv_dim) for i in ve_layers})
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(shape.vocab_size, shape.kv_dim) for i in ve_layers})
         self.lm_head = nn.Linear(shape.model_dim, shape.vocab_size, bias=False)
         cos, sin = rotary(shape.seq_len, shape.actual_head_dim)
         self.register_buffer("cos", cos, persistent=False)  # derived, not checkpointed
@@ -198,8 +197,8 @@ class GPT(nn.Module):
         (mean, sum, or per token with reduction='none'); targets of -1 are ignored."""
         x = norm(self.wte(idx))
         for i, block in enumerate(self.blocks):
-            table = self.value_embeds[str(i)] if str(i) in self.value_embeds else None
-            x = block(x, self.cos, self.sin, None if table is None else table(idx))
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, self.cos, self.sin, ve)
         x = norm(x)
         if targets is not None and self.fused_loss:
             return softcap_loss(x, self.lm_head.weight, targets, reduction)
