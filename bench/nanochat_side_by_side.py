@@ -7,7 +7,8 @@ Nothing of nanochat lives in this repository: --nanochat is a work tree of its r
 `git archive HEAD | tar -x`) and --nanochat-python an interpreter that can run it (torch, tiktoken,
 rustbpe, pyarrow, wandb, ...). Both trainers get the same shape: depth 4 (d = 256, head dim 128, so 2
 heads), full causal attention (nanochat: --window-pattern L), seq 256, device batch 16, total batch
-4,096 (grad accumulation 1), fp32, vocab --vocab-size (default 65,536), one process, OMP_NUM_THREADS=2.
+4,096 (grad accumulation 1), --dtype (fp32, bf16, or auto: each trainer's own choice), vocab --vocab-size
+(default 65,536), one process, OMP_NUM_THREADS=2.
 
 Data (no network): our standard-library corpus (trainer.corpus.build_stdlib_corpus: parquet shards
 with a `text` column, the last one held out), written to WORK/data for ours and copied into
@@ -147,8 +148,9 @@ def nanochat_cmd(a, compiled: bool, steps: int) -> tuple[list[str], dict]:
            f"--device-batch-size={DEVICE_BATCH}", f"--total-batch-size={TOTAL_BATCH}",
            f"--num-iterations={steps}", "--eval-every=-1", "--core-metric-every=-1", "--sample-every=-1",
            "--model-tag=side_by_side"]
-    env = base_env(a.threads) | {"NANOCHAT_BASE_DIR": str(Path(a.work) / "nanochat-base"),
-                                 "NANOCHAT_DTYPE": "float32"}
+    env = base_env(a.threads) | {"NANOCHAT_BASE_DIR": str(Path(a.work) / "nanochat-base")}
+    if a.dtype != "auto":  # auto: nanochat's own choice (float32 on a CPU)
+        env["NANOCHAT_DTYPE"] = {"fp32": "float32", "bf16": "bfloat16"}[a.dtype]
     if not compiled:
         env["TORCHDYNAMO_DISABLE"] = "1"
     return cmd, env
@@ -158,7 +160,7 @@ def ours_cmd(a, compiled: bool, steps: int, data: Path) -> tuple[list[str], dict
     cmd = [str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable,
            "-m", "trainer.train", "--depth", str(DEPTH), "--head-dim", str(HEAD_DIM), "--seq-len", str(SEQ),
            "--device-batch", str(DEVICE_BATCH), "--total-batch", str(TOTAL_BATCH), "--vocab-size", str(a.vocab_size),
-           "--device", "cpu", "--dtype", "fp32", "--threads", str(a.threads),
+           "--device", "cpu", "--dtype", a.dtype, "--threads", str(a.threads),
            "--compile" if compiled else "--no-compile", "--probe", str(steps), "--probe-data", "real",
            "--data", "stdlib", "--data-dir", str(data), "--run-dir", str(Path(a.work) / "ours-run")]
     if a.ours_flags:
@@ -175,6 +177,9 @@ def parse_nanochat(out: str) -> tuple[list[float], dict]:
     m = re.search(r"^Vocab size: ([\d,]+)", out, re.M)
     if m:
         info["vocab"] = int(m[1].replace(",", ""))
+    m = re.search(r"^COMPUTE_DTYPE: torch\.(\w+)", out, re.M)
+    if m:
+        info["dtype"] = m[1]
     return [dt for _, dt in sorted(steps)], info  # ms, step 0 first
 
 
@@ -186,6 +191,7 @@ def parse_ours(out: str) -> tuple[list[float], dict]:
         if e.get("event") == "start":
             info["params"] = e["shape"].get("params")
             info["vocab"] = e["shape"].get("vocab_size")
+            info["dtype"] = e["config"].get("dtype_resolved")
     return [dt for _, dt in sorted(steps)], info
 
 
@@ -202,6 +208,8 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
     p.add_argument("--trainers", nargs="+", default=["nanochat", "ours"], choices=["nanochat", "ours"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="both trainers' compute dtype; auto: each trainer's own choice on this machine")
     p.add_argument("--max-load", type=float, default=1.3, help="wait for a 1-minute load average below this")
     p.add_argument("--wait-minutes", type=float, default=30)
     p.add_argument("--max-other-cpu", type=float, default=0.10,
@@ -258,7 +266,7 @@ def main() -> None:
                                     first_step_ms=round(dts[0], 1))
                         print(f"  round {r + 1} {who:<8} {mode:<7}: {row['tokens_per_second']:>7,.0f} tok/s "
                               f"(median step {med:.0f} ms of steps {a.skip + 1}..{a.steps}, first step {dts[0] / 1000:.1f}s, "
-                              f"wall {wall:.0f}s, peak RSS {rss:.2f} GiB, params {info.get('params', 0):,}, "
+                              f"wall {wall:.0f}s, peak RSS {rss:.2f} GiB, params {info.get('params', 0):,}, {info.get('dtype')}, "
                               f"load {load_before:.2f} → {load_after:.2f}, {note})", flush=True)
                     results.append(row)
                     (work / "results.json").write_text(json.dumps(dict(config=vars(a), cpu=cpu_model(),
@@ -267,7 +275,7 @@ def main() -> None:
                         break
 
     print(f"\ndepth {DEPTH}, seq {SEQ}, device batch {DEVICE_BATCH}, total batch {TOTAL_BATCH:,}, vocab {a.vocab_size:,}, "
-          f"fp32, {a.threads} threads; tokens/s = {TOTAL_BATCH:,} / median step of steps {a.skip + 1}..{a.steps}; "
+          f"{a.dtype}, {a.threads} threads; tokens/s = {TOTAL_BATCH:,} / median step of steps {a.skip + 1}..{a.steps}; "
           f"median of {a.rounds} runs")
     print(f"{'trainer':<9} {'mode':<8} {'median':>8}   runs")
     for mode in a.modes:

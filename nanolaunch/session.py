@@ -83,7 +83,7 @@ class Ended:
     result_file: Path | None = None  # where the trainer wrote result.json, when it is on this machine
 
 
-SKY_JOB_SUCCEEDED, SKY_JOB_CANCELLED = 0, 103
+SKY_JOB_SUCCEEDED, SKY_JOB_FAILED, SKY_JOB_CANCELLED = 0, 100, 103
 SKY_JOB_CODES = {0: "SUCCEEDED", 100: "FAILED", 101: "NOT_FINISHED", 102: "NOT_FOUND", 103: "CANCELLED"}
 
 

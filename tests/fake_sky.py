@@ -47,6 +47,8 @@ class FakeSky:
         self.managed: dict[int, object] = {}
         self.cancelled: set[tuple[str, int]] = set()
         self.secrets_seen: list[dict] = []
+        self.ended: dict[tuple[str, int], tuple[str, int]] = {}  # a finished job's whole output and status code
+        self.late_epilogue = False  # the tail ends before the failed job's epilogue line, as it can on a node
         self._requests: dict[str, object] = {}
         self._next_id = 0
         self.Task, self.exceptions = real_sky.Task, real_sky.exceptions
@@ -105,9 +107,27 @@ class FakeSky:
 
     def tail_logs(self, cluster_name, job_id, follow, tail=0, output_stream=None, **kw):
         self.calls.append(("tail_logs", cluster_name, job_id))
+        codes = self.real.exceptions.JobExitCode
         if (cluster_name, job_id) in self.cancelled:  # as SkyPilot: a cancelled job has ended, code CANCELLED
-            return self.real.exceptions.JobExitCode.CANCELLED
-        return self._run(self.clusters[cluster_name][job_id - 1], output_stream)
+            return codes.CANCELLED
+        if (cluster_name, job_id) in self.ended:  # a job that has ended: its whole output, once more
+            text, status = self.ended[cluster_name, job_id]
+            output_stream.write(text)
+            return status
+        recorded = _Recording(output_stream)
+        setup_code, run_code = self._run(self.clusters[cluster_name][job_id - 1], recorded)
+        # SkyPilot's job epilogue (sky/backends/task_codegen.py): the state first, then the codes' line
+        if setup_code:
+            epilogue = f"ERROR: Job {job_id}'s setup failed with return code {setup_code} (pid=1).\n"
+        elif run_code:
+            epilogue = f"ERROR: Job {job_id} failed with return code list: [{run_code}] \n"
+        else:
+            epilogue = ""
+        status = codes.FAILED if setup_code or run_code else codes.SUCCEEDED
+        self.ended[cluster_name, job_id] = recorded.text + epilogue, status
+        if not self.late_epilogue:
+            output_stream.write(epilogue)
+        return status
 
     def down(self, cluster_name, **kw):
         import inspect
@@ -134,7 +154,8 @@ class FakeSky:
 
     def _job_tail(self, name=None, job_id=None, follow=True, output_stream=None, **kw):
         self.calls.append(("jobs.tail_logs", job_id))
-        return self._run(self.managed[job_id], output_stream)
+        setup_code, run_code = self._run(self.managed[job_id], output_stream)
+        return self.real.exceptions.JobExitCode.FAILED if setup_code or run_code else 0
 
     def _job_cancel(self, name=None, job_ids=None, **kw):
         self.calls.append(("jobs.cancel", tuple(job_ids or ())))
@@ -155,12 +176,13 @@ class FakeSky:
         self.secrets_seen.append(secrets)
         return {**environment({"envs": envs}, 1), **secrets}
 
-    def _run(self, task, stream) -> int:
+    def _run(self, task, stream) -> tuple[int, int]:
+        """The task's setup and run on this machine: their exit codes."""
         env = self._env(task)
         setup = subprocess.run(["bash", "-c", task.setup], cwd=REPO, env=env, capture_output=True, text=True)
         stream.write(setup.stdout + setup.stderr)
         if setup.returncode:
-            return setup.returncode
+            return setup.returncode, 0
         steps = 0
         proc = subprocess.Popen(["bash", "-c", task.run], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -172,4 +194,15 @@ class FakeSky:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                     raise KeyboardInterrupt
-        return proc.wait()
+        return 0, proc.wait()
+
+
+class _Recording:
+    """Writes through to the follower's stream and keeps the text, for a later tail of the ended job."""
+
+    def __init__(self, stream):
+        self.stream, self.text = stream, ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return self.stream.write(text)

@@ -6,6 +6,7 @@ cancelled, SkyPilot's cloud errors as one line; status, down and logs.
 """
 import dataclasses
 import re
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -240,3 +241,22 @@ def test_after_an_interrupted_tail_the_whole_output_again_passes_on_only_what_is
         replay.write(chunk)
     sink.close()
     assert seen == ["line 1", "line 2", "line 3 started", "line 4", "line 5"]
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_failed_jobs_exit_code_is_read_even_when_its_epilogue_line_comes_after_the_tail(
+        env, tmp_path, monkeypatch, late):
+    """SkyPilot marks a failed job FAILED, which ends the tail, and prints its exit codes half a second later
+    (seen on Slurm in CI): the follower reads the output once more for that line."""
+    fake = install(monkeypatch, tmp_path)
+    fake.late_epilogue = late
+    broken = tmp_path / "broken-python"  # a node whose torch cannot start: no torchrun summary to read
+    broken.write_text(f'#!/bin/sh\nif [ "$2" = torch.distributed.run ]; then echo "torch: cannot start" >&2; exit 7; fi\n'
+                      f'exec {sys.executable} "$@"\n')
+    broken.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(broken))  # the node's Python (NL_PYTHON) in the fake
+    row = skypilot.run(request())
+    assert row["status"] == "crashed" and row["error"].startswith("exit 7: "), row["error"]
+    assert names(fake) == ["launch", "tail_logs", *(["tail_logs"] if late else []), "down"]
+    log = (env / "runs" / f"{row['id']:05d}" / "train.log").read_text()
+    assert log.count("failed with return code list") == 1 and log.count("torch: cannot start") == 1

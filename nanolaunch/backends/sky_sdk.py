@@ -182,11 +182,12 @@ def exec_on(task, cluster: str):
         return _wait(sky.exec(task, cluster_name=cluster))
 
 
-def tail(cluster: str, job_id: int, stream: TextIO, last_lines: int = 0) -> int | None:
-    """Follows a cluster job's output into `stream` until it ends (from its last `last_lines` lines; 0: all).
-    Returns SkyPilot's job status code (sky.exceptions.JobExitCode), not the job's exit code."""
+def tail(cluster: str, job_id: int, stream: TextIO, last_lines: int = 0, follow: bool = True) -> int | None:
+    """Follows a cluster job's output into `stream` until it ends (from its last `last_lines` lines; 0: all);
+    without `follow`, what it has written so far. Returns SkyPilot's job status code
+    (sky.exceptions.JobExitCode), not the job's exit code."""
     with errors(f"following {cluster}"):
-        return sdk().tail_logs(cluster, job_id, follow=True, tail=last_lines, output_stream=stream)
+        return sdk().tail_logs(cluster, job_id, follow=follow, tail=last_lines, output_stream=stream)
 
 
 def cancel(cluster: str, job_id: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +21,7 @@ from nanolaunch.errors import NotLaunched
 from nanolaunch.events import RunState
 from nanolaunch.ledger import Ledger
 from nanolaunch.runs import LOG_NAME, run_dir
-from nanolaunch.session import Ended, Follower, Request, Session, for_run, outcome
+from nanolaunch.session import SKY_JOB_FAILED, Ended, Follower, Request, Session, for_run, outcome
 from nanolaunch.task import placement, render
 from trainer import events
 
@@ -188,6 +189,8 @@ def _one_job(session: Session, task, sink: LogSink, epilogue: Epilogue, cluster:
                 ledger.update(run_id, usd_per_hour=price[0], price_source=price[1])
             session.display.status("running")
             code = sky_sdk.tail(cluster, job_id, sink)
+            if code == SKY_JOB_FAILED:
+                _await_epilogue(cluster, job_id, sink, epilogue)
         return session.outcome(epilogue.ended(code)), price, None
     except KeyboardInterrupt as e:
         result = session.failed("interrupted; cluster torn down", "cancelled")
@@ -205,6 +208,24 @@ def _one_job(session: Session, task, sink: LogSink, epilogue: Epilogue, cluster:
         return session.failed(e, status), price, e
     finally:
         sink.close()
+
+
+EPILOGUE_WAIT_S = 15.0
+
+
+def _await_epilogue(cluster: str, job_id: int, sink: LogSink, epilogue: Epilogue) -> None:
+    """A failed job's exit codes: SkyPilot marks the job FAILED, which ends the tail, and prints the codes half a
+    second later (task_codegen's epilogue), so the tail can end before that line. Read the job's output again
+    until the line is there or the wait is over, and pass on only that line: a replay is not the first tail's
+    lines again (those include the tail's own), so it cannot be aligned with them by count."""
+    deadline = time.monotonic() + EPILOGUE_WAIT_S
+    while epilogue.job_exit_code is None and epilogue.setup_exit_code is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        replay = io.StringIO()
+        sky_sdk.tail(cluster, job_id, replay, follow=False)
+        for line in replay.getvalue().splitlines():
+            if JOB_FAILED.search(line) or SETUP_FAILED.search(line):
+                sink.write(("\n" if sink.pending else "") + line + "\n")
 
 
 def _stop_gracefully(session: Session, cluster: str, job_id: int, sink: LogSink) -> None:
