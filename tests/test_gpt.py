@@ -78,11 +78,11 @@ def test_value_embeddings_off_keeps_the_checkpoint_keys_and_on_trains():
     assert all(not torch.equal(g, b.attn.ve_gate.weight) for g, b in zip(gates, model.blocks[1:]))  # Muon, the gates
 
 
-def tiny(fused=False, seed=0):
+def tiny(fused=False, seed=0, head_std=0.3):
     torch.manual_seed(seed)
     model = GPT(ModelShape(2, 512, 64, 64), fused_loss=fused)
     model.init_weights()
-    torch.nn.init.normal_(model.lm_head.weight, std=0.3)  # zero at init: give the head something to do
+    torch.nn.init.normal_(model.lm_head.weight, std=head_std)  # zero at init: give the head something to do
     for b in model.blocks:
         torch.nn.init.normal_(b.attn.c_proj.weight, std=0.05)
         torch.nn.init.normal_(b.mlp.c_proj.weight, std=0.05)
@@ -109,8 +109,9 @@ def test_logits_are_soft_capped_and_causal():
     assert torch.equal(model(x2)[:, :40], logits[:, :40])  # no position sees the future
 
 
-def test_fused_loss_matches_plain_loss_and_gradients():
-    plain, fused = tiny(), tiny(fused=True)
+@pytest.mark.parametrize("head_std", [0.3, 50.0])  # 50: logits pressed against the soft cap (exp without a max)
+def test_fused_loss_matches_plain_loss_and_gradients(head_std):
+    plain, fused = tiny(head_std=head_std), tiny(fused=True, head_std=head_std)
     x, y = torch.randint(0, 512, (3, 64)), torch.randint(0, 512, (3, 64))
     y[0, :7] = -1  # ignored targets
     lp, lf = plain(x, y), fused(x, y)
@@ -118,7 +119,8 @@ def test_fused_loss_matches_plain_loss_and_gradients():
     lp.backward()
     lf.backward()
     for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+        # fp32 round-off of the largest gradients reaches the small ones through the backward
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6 * a.grad.abs().max().item()), name
     per_tok_p, per_tok_f = plain(x, y, reduction="none"), fused(x, y, reduction="none")
     assert per_tok_f.shape == (3 * 64,)
     assert torch.allclose(per_tok_p, per_tok_f, atol=1e-5)

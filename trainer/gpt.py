@@ -60,15 +60,19 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for i in range(0, buf.size(0), rows):
             tgt = targets[i:i + rows]
-            t = buf[i:i + rows].float().div_(SOFTCAP).tanh_()  # tanh(z/c)
+            t = buf[i:i + rows].float().mul_(1 / SOFTCAP).tanh_()  # tanh(z/c)
             z = t * SOFTCAP
-            lse = torch.logsumexp(z, dim=1)
-            keep = tgt >= 0
+            keep = (tgt >= 0).to(z.dtype)
             safe = tgt.clamp(min=0)[:, None]
-            total += ((lse - z.gather(1, safe).squeeze(1)) * keep).sum()
-            p = z.sub_(lse[:, None]).exp_()  # softmax
-            p.scatter_add_(1, safe, -torch.ones_like(safe, dtype=p.dtype))
-            p.mul_(1 - t.square_()).mul_(keep[:, None])  # d(c·tanh(z/c))/dz = 1 − tanh²
+            picked = z.gather(1, safe).squeeze(1)
+            # |z| ≤ 15, so exp(z) cannot overflow: no row max is subtracted, and the exponentials are taken
+            # once (logsumexp and then a softmax would take them twice, after a pass for the max)
+            p = z.exp_()
+            sums = p.sum(dim=1)
+            total += ((sums.log() - picked) * keep).sum()
+            p.mul_((keep / sums)[:, None])  # softmax, and 0 for a row whose target is ignored
+            p.scatter_add_(1, safe, -keep[:, None])  # softmax − one-hot
+            p.addcmul_(p, t.square_(), value=-1)  # × (1 − tanh²), d(c·tanh(z/c))/dz
             buf[i:i + rows] = p
         ctx.save_for_backward(buf, x, w)
         ctx.weight_dtype = weight.dtype
