@@ -155,7 +155,8 @@ class FakeSky:
     def _job_tail(self, name=None, job_id=None, follow=True, output_stream=None, **kw):
         self.calls.append(("jobs.tail_logs", job_id))
         setup_code, run_code = self._run(self.managed[job_id], output_stream)
-        return self.real.exceptions.JobExitCode.FAILED if setup_code or run_code else 0
+        codes = self.real.exceptions.JobExitCode
+        return codes.FAILED if setup_code or run_code else codes.SUCCEEDED
 
     def _job_cancel(self, name=None, job_ids=None, **kw):
         self.calls.append(("jobs.cancel", tuple(job_ids or ())))

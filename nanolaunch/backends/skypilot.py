@@ -188,9 +188,7 @@ def _one_job(session: Session, task, sink: LogSink, epilogue: Epilogue, cluster:
             if price:  # the price of what really runs, not the plan's guess: the cost is counted at it
                 ledger.update(run_id, usd_per_hour=price[0], price_source=price[1])
             session.display.status("running")
-            code = sky_sdk.tail(cluster, job_id, sink)
-            if code == SKY_JOB_FAILED:
-                _await_epilogue(cluster, job_id, sink, epilogue)
+            code = follow_job(cluster, job_id, sink, epilogue)
         return session.outcome(epilogue.ended(code)), price, None
     except KeyboardInterrupt as e:
         result = session.failed("interrupted; cluster torn down", "cancelled")
@@ -213,19 +211,23 @@ def _one_job(session: Session, task, sink: LogSink, epilogue: Epilogue, cluster:
 EPILOGUE_WAIT_S = 15.0
 
 
-def _await_epilogue(cluster: str, job_id: int, sink: LogSink, epilogue: Epilogue) -> None:
-    """A failed job's exit codes: SkyPilot marks the job FAILED, which ends the tail, and prints the codes half a
-    second later (task_codegen's epilogue), so the tail can end before that line. Read the job's output again
-    until the line is there or the wait is over, and pass on only that line: a replay is not the first tail's
-    lines again (those include the tail's own), so it cannot be aligned with them by count."""
+def follow_job(cluster: str, job_id: int, sink: LogSink, epilogue: Epilogue) -> int | None:
+    """Follow a cluster job's output to its end; SkyPilot's job status code, and a failed job's exit codes in
+    `epilogue`. SkyPilot marks a failed job FAILED, which ends the tail, and prints the codes half a second later
+    (task_codegen's epilogue), so the tail can end before that line: then the output is read again until the
+    line is there or the wait is over, and only that line is passed on (a replay is not the first tail's lines
+    again, those include the tail's own, so it cannot be aligned with them by count)."""
+    code = sky_sdk.tail(cluster, job_id, sink)
     deadline = time.monotonic() + EPILOGUE_WAIT_S
-    while epilogue.job_exit_code is None and epilogue.setup_exit_code is None and time.monotonic() < deadline:
+    while (code == SKY_JOB_FAILED and epilogue.job_exit_code is None and epilogue.setup_exit_code is None
+           and time.monotonic() < deadline):
         time.sleep(0.5)
         replay = io.StringIO()
         sky_sdk.tail(cluster, job_id, replay, follow=False)
         for line in replay.getvalue().splitlines():
             if JOB_FAILED.search(line) or SETUP_FAILED.search(line):
                 sink.write(("\n" if sink.pending else "") + line + "\n")
+    return code
 
 
 def _stop_gracefully(session: Session, cluster: str, job_id: int, sink: LogSink) -> None:

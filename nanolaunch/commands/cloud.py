@@ -148,7 +148,7 @@ def logs(
         _local_logs(row, follow, stream)
     else:
         from nanolaunch.backends import sky_sdk
-        from nanolaunch.backends.skypilot import LogSink, Reattached
+        from nanolaunch.backends.skypilot import LogSink, Reattached, follow_job
 
         follower = Reattached(db, row)
         # Its own file: SkyPilot replays only what it still has (a managed job: the latest attempt), and
@@ -159,7 +159,7 @@ def logs(
         sink = LogSink(path, lambda line: (print(line, file=stream, flush=True), follower(line)), mode="w")
         try:
             code = (sky_sdk.job_tail(row["sky_job_id"], sink) if row["managed"]
-                    else sky_sdk.tail(row["cluster"], row["sky_job_id"], sink))
+                    else follow_job(row["cluster"], row["sky_job_id"], sink, follower.epilogue))
         finally:
             sink.close()
         follower.settle(code, launcher_alive=pid_alive(row["pid"]))
