@@ -55,25 +55,24 @@ class SoftcapCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets, rows: int):
         dtype = _compute_dtype(x)
-        x, w = x.to(dtype), weight.to(dtype)
-        buf = x @ w.T  # (N, V): logits, then their gradient
+        x, w = x.to(dtype), (weight * (1 / SOFTCAP)).to(dtype)  # the matmul then gives z/c: no pass to scale
+        buf = torch.mm(x, w.T, out=_logit_buffers.take((x.size(0), w.size(0)), dtype, x.device))  # z/c, then dL/dz
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for i in range(0, buf.size(0), rows):
-            tgt = targets[i:i + rows]
-            t = buf[i:i + rows].float().mul_(1 / SOFTCAP).tanh_()  # tanh(z/c)
-            z = t * SOFTCAP
-            keep = (tgt >= 0).to(z.dtype)
+            tgt, chunk = targets[i:i + rows], buf[i:i + rows]
+            t = chunk.float().tanh_()  # tanh(z/c)
+            capped = t * SOFTCAP
+            keep = (tgt >= 0).to(t.dtype)
             safe = tgt.clamp(min=0)[:, None]
-            picked = z.gather(1, safe).squeeze(1)
-            # |z| ≤ 15, so exp(z) cannot overflow: no row max is subtracted, and the exponentials are taken
+            picked = capped.gather(1, safe).squeeze(1)
+            # |capped| ≤ 15, so exp cannot overflow: no row max is subtracted, and the exponentials are taken
             # once (logsumexp and then a softmax would take them twice, after a pass for the max)
-            p = z.exp_()
+            p = capped.exp_()
             sums = p.sum(dim=1)
             total += ((sums.log() - picked) * keep).sum()
             p.mul_((keep / sums)[:, None])  # softmax, and 0 for a row whose target is ignored
             p.scatter_add_(1, safe, -keep[:, None])  # softmax − one-hot
-            p.addcmul_(p, t.square_(), value=-1)  # × (1 − tanh²), d(c·tanh(z/c))/dz
-            buf[i:i + rows] = p
+            torch.addcmul(p, p, t.square_(), value=-1, out=chunk)  # × (1 − tanh²), d(c·tanh(z/c))/dz, stored
         ctx.save_for_backward(buf, x, w)
         ctx.weight_dtype = weight.dtype
         return total
@@ -82,9 +81,30 @@ class SoftcapCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         buf, x, w = ctx.saved_tensors
         g = grad.to(buf.dtype)
-        dx = (buf @ w).mul_(g)
+        dx = (buf @ w).mul_(g * SOFTCAP)  # w is weight / c
         dw = (buf.T @ x).mul_(g).to(ctx.weight_dtype)
+        _logit_buffers.give(buf)
         return dx, dw, None, None
+
+
+class LogitBuffers:
+    """The fused loss's (N, V) buffer, kept from one backward for the next forward. A fresh one costs its
+    first-touch page faults every step (the allocator hands blocks that large back to the OS): at N 4,096 ×
+    V 65,536 that was ~150 ms of a ~1.5 s compiled bf16 CPU step (docs/benchmarks.md). The buffer is in use only
+    from a forward to its backward; a forward that finds none free (two losses before one backward) makes one."""
+
+    def __init__(self):
+        self.free: dict[tuple, torch.Tensor] = {}
+
+    def take(self, size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        buf = self.free.pop((size, dtype, device), None)
+        return buf if buf is not None else torch.empty(size, dtype=dtype, device=device)
+
+    def give(self, buf: torch.Tensor) -> None:
+        self.free = {(tuple(buf.shape), buf.dtype, buf.device): buf}  # one kept: a new shape replaces the old
+
+
+_logit_buffers = LogitBuffers()
 
 
 # Logits per chunk of the fused loss: 4 MiB of fp32, about an L2 cache. A fixed row count instead (16 rows,
