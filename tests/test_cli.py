@@ -102,3 +102,19 @@ def test_ledger_add_records_the_gpu_as_parsed_and_refuses_an_unknown_one(tmp_pat
     row = json.loads(added.stdout)
     assert (row["gpu"], row["gpu_count"]) == ("H100", 8)  # was recorded as "h100"
     assert json.loads(nl(tmp_path, "ledger", "--json").stdout)[0]["gpu"] == "H100"
+
+
+def test_plan_and_yaml_take_value_embeddings():
+    from trainer.arithmetic import ModelShape
+
+    args = ("d4", "--gpu", "H100:1", "--batch", "8", "--iterations", "10")
+    p = json.loads(run_and_list_imports("plan", *args, "--value-embeddings", "--json").stdout)
+    shape = ModelShape(4, value_embeddings=True)
+    assert (p["params"], p["value_embed_params"], p["config"]["value_embeddings"]) == (
+        shape.params, shape.value_embed_params, True)
+    assert p["verdict"] == "probe first"  # their saved rows are assumed, not counted
+    plain = json.loads(run_and_list_imports("plan", *args, "--no-value-embeddings", "--json").stdout)
+    assert plain["params"] == ModelShape(4).params and "value_embed_params" not in plain
+    task = run_and_list_imports("yaml", *args, "--value-embeddings")
+    assert task.returncode == 0, task.stderr
+    assert "NL_VALUE_EMBEDDINGS: '1'" in task.stdout  # the trainer on the node gets the setting

@@ -11,7 +11,8 @@ import typer
 from nanolaunch import output as out
 from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt,
                                         IterationsOpt, JsonOpt, ManagedOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt,
-                                        RunArg, SeqOpt, SpotOpt, TextColumnOpt, TotalBatchOpt, VocabOpt, resolve)
+                                        RunArg, SeqOpt, SpotOpt, TextColumnOpt, TotalBatchOpt, ValueEmbeddingsOpt,
+                                        VocabOpt, resolve)
 from nanolaunch.errors import NanolaunchError
 from nanolaunch.ledger import Ledger, export_row, pid_alive
 
@@ -35,6 +36,7 @@ def yaml(
     seq: SeqOpt = None,
     total_batch: TotalBatchOpt = None,
     vocab: VocabOpt = None,
+    value_embeddings: ValueEmbeddingsOpt = None,
     data: DataOpt = None,
     data_split: DataSplitOpt = None,
     text_column: TextColumnOpt = None,
@@ -54,7 +56,7 @@ def yaml(
     from nanolaunch.task import placement, render, to_yaml
 
     config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
-                             seq_len=seq, total_batch=total_batch, vocab_size=vocab,
+                             seq_len=seq, total_batch=total_batch, vocab_size=vocab, value_embeddings=value_embeddings,
                              checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot, data=data,
                              data_split=data_split, text_column=text_column)
     plan = derived(config, chosen)  # the same validation as plan: a batch that cannot divide fails here

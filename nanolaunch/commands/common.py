@@ -27,6 +27,9 @@ BatchOpt = Annotated[Optional[int], typer.Option("--batch", help="Device batch: 
 SeqOpt = Annotated[Optional[int], typer.Option("--seq", help="Sequence length.")]
 TotalBatchOpt = Annotated[Optional[int], typer.Option("--total-batch", help="Tokens per optimizer step.")]
 VocabOpt = Annotated[Optional[int], typer.Option("--vocab", help="Vocabulary size (tokenizer and model).")]
+ValueEmbeddingsOpt = Annotated[Optional[bool], typer.Option(
+    "--value-embeddings/--no-value-embeddings", help="nanochat's value embeddings: a gated (vocab × d) table added "
+    "to v on every other layer (more parameters, no more FLOPs; memory verdict at best 'probe first').")]
 CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
     "--checkpoint-every", help="Steps between checkpoints (≤0: only at the end); a recovered run loses at most "
                                "this many.")]

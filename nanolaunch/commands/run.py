@@ -9,8 +9,8 @@ from nanolaunch import batch_search, calibration, output as out, presets, search
 from nanolaunch.commands.common import (BatchOpt, CheckpointEveryOpt, DataOpt, DataSplitOpt, ForceOpt, GpuOpt,
                                         InfraOpt, IterationsOpt, JsonOpt, LocalOpt, ManagedOpt, MaxCostOpt,
                                         MaxHoursOpt, ModelArg, NodesOpt, PresetOpt, ProjectOpt, RatioOpt, SeqOpt,
-                                        SpotOpt, TextColumnOpt, TitleOpt, TotalBatchOpt, VocabOpt, check_limits,
-                                        fixed_by, resolve)
+                                        SpotOpt, TextColumnOpt, TitleOpt, TotalBatchOpt, ValueEmbeddingsOpt, VocabOpt,
+                                        check_limits, fixed_by, resolve)
 from nanolaunch.commands.plan import measured_kw
 from nanolaunch.ledger import export_row
 from nanolaunch.config import RunConfig
@@ -35,6 +35,7 @@ def run(
     seq: SeqOpt = None,
     total_batch: TotalBatchOpt = None,
     vocab: VocabOpt = None,
+    value_embeddings: ValueEmbeddingsOpt = None,
     data: DataOpt = None,
     data_split: DataSplitOpt = None,
     text_column: TextColumnOpt = None,
@@ -62,7 +63,7 @@ def run(
     says does not fit is refused before anything is asked of SkyPilot (--force launches it anyway)."""
     check_limits(max_cost, max_hours)
     config, chosen = resolve(model, preset, infra=infra, ratio=ratio, iterations=iterations, device_batch=batch,
-                             seq_len=seq, total_batch=total_batch, vocab_size=vocab,
+                             seq_len=seq, total_batch=total_batch, vocab_size=vocab, value_embeddings=value_embeddings,
                              checkpoint_every=checkpoint_every, gpu=gpu, nodes=nodes, spot=spot, data=data,
                              data_split=data_split, text_column=text_column)
     on_cloud = managed or _on_cloud(config, local)
@@ -144,6 +145,7 @@ def dry(
     seq: SeqOpt = None,
     total_batch: TotalBatchOpt = None,
     vocab: VocabOpt = None,
+    value_embeddings: ValueEmbeddingsOpt = None,
     gpu: GpuOpt = None,
     infra: InfraOpt = None,
     memory_limit_gib: Annotated[Optional[float], typer.Option(
@@ -156,7 +158,7 @@ def dry(
 ) -> None:
     """Probe batch sizes for N iterations each: OOM or not, MFU, step time, peak memory."""
     config, chosen = resolve(model, preset, infra=infra, gpu=gpu, seq_len=seq, total_batch=total_batch,
-                             vocab_size=vocab)
+                             vocab_size=vocab, value_embeddings=value_embeddings)
     check_limits(memory_limit_gib=memory_limit_gib)
     auto = batch.strip().lower() == "auto"
     batches = _batches(batch, config, auto)
