@@ -36,7 +36,10 @@ tar -x`) and --nanochat-python an interpreter that runs it (torch, tiktoken, rus
      adds --matrix-lr/--embedding-lr/--unembedding-lr = its defaults ÷ √(TB / 2^19), so that after its own batch
      scaling its base learning rates are the effective ones (weight decay unchanged); lr1_wd0 adds
      --weight-decay=0.0, lr1_oursched our schedule (--warmup-steps=0 --warmdown-ratio=0.2 --final-lr-frac=0.0), lr1_nove
-     lr1 without value embeddings (the shim and the evaluator's worker run NANOCHAT_ABLATIONS' code first).
+     lr1 without value embeddings, lr1_nolambda without its per-layer residual and x0 scalars (pinned at 1 and 0),
+     lr1_nosmear / lr1_nobackout without smear / backout (their scalar pinned at 0), lr1_ns with our quintic
+     Newton–Schulz in place of Polar Express (the shim and the evaluator's worker run NANOCHAT_ABLATIONS' code
+     first).
    - ours: `python -m trainer.train --depth D --head-dim 128 --seq-len S --device-batch B --total-batch TB
      --vocab-size V --iterations N --device cpu --dtype fp32 --threads 2 --compile|--no-compile --seed SEED
      --data WORK/data --data-dir WORK/ours-store --tokenizer-dir WORK/ours-store/tokenizer_... --eval-every E
@@ -93,8 +96,35 @@ NC_LR_SCALE = re.compile(r"Scaling LRs by ([\d.]+)")
 NC_WD = re.compile(r"Scaling weight decay from ([\d.]+) to ([\d.]+)")
 # Ablations no flag of nanochat's gives: code run before its model is built, in training (the shim) and in the
 # evaluator's worker alike (env NANOCHAT_ABLATION names one; its module file is untouched)
+def _frozen_scalars(*names: str, neutral: str) -> str:
+    """Code that pins some of nanochat's learned scalars at their neutral values: set after init, their gradient
+    zeroed by a hook and their AdamW weight decay off, so they stay exactly there."""
+    return (
+        "import torch, nanochat.gpt as g\n"
+        "_init, _setup = g.GPT.init_weights, g.GPT.setup_optimizer\n"
+        f"def _frozen(m): return [getattr(m, n) for n in {names!r}]\n"
+        "def init_weights(self):\n"
+        "    _init(self)\n"
+        f"    {neutral}\n"
+        "    for p in _frozen(self): p.register_hook(torch.zeros_like)\n"
+        "def setup_optimizer(self, *a, **k):\n"
+        "    opt = _setup(self, *a, **k)\n"
+        "    frozen = {id(p) for p in _frozen(self)}\n"
+        "    for group in opt.param_groups:\n"
+        "        if any(id(p) in frozen for p in group['params']): group['weight_decay'] = 0.0\n"
+        "    return opt\n"
+        "g.GPT.init_weights, g.GPT.setup_optimizer = init_weights, setup_optimizer\n")
+
+
 NANOCHAT_ABLATIONS = {
     "nove": "import nanochat.gpt as g; g.has_ve = lambda layer_idx, n_layer: False",  # no value embeddings
+    # per-layer residual and x0 scalars at 1 and 0: x = 1·x + 0·x0 before every block
+    "nolambda": _frozen_scalars("resid_lambdas", "x0_lambdas",
+                                neutral="self.resid_lambdas.data.fill_(1.0); self.x0_lambdas.data.zero_()"),
+    "nosmear": _frozen_scalars("smear_lambda", neutral="self.smear_lambda.data.zero_()"),  # gate × 0: no smear
+    "nobackout": _frozen_scalars("backout_lambda", neutral="self.backout_lambda.data.zero_()"),
+    # Muon's orthogonalisation by the quintic Newton–Schulz of ours (and modded-nanogpt) in place of Polar Express
+    "ns": "import nanochat.optim as o; o.polar_express_coeffs[:] = [(3.4445, -4.7750, 2.0315)] * 5",
 }
 NANOCHAT_SEED_SHIM = ("import os, runpy, sys, torch; "
                       "exec(os.environ.get('NANOCHAT_ABLATION_CODE', '')); "
@@ -169,7 +199,8 @@ def worker(a) -> None:
     docs = json.loads(Path(a.docs).read_text())
     if a.eval_worker == "nanochat":
         sys.path.insert(0, str(Path(a.nanochat).resolve()))
-        exec(os.environ.get("NANOCHAT_ABLATION_CODE", ""))  # the run's ablation (NANOCHAT_ABLATIONS), as trained
+        # the run's ablation (NANOCHAT_ABLATIONS), as trained; in a namespace of its own (its functions' globals)
+        exec(os.environ.get("NANOCHAT_ABLATION_CODE", ""), {})
         from nanochat.checkpoint_manager import build_model, find_last_step
 
         from nanochat.dataloader import tokenizing_distributed_data_loader_bos_bestfit
@@ -369,11 +400,11 @@ def nanochat_flags(a, who: str) -> list[str]:
     return flags
 
 
-NANOCHAT_VARIANTS = ("default", "lr1", "lr1_wd0", "lr1_oursched", "lr1_nove")
+NANOCHAT_VARIANTS = ("default", "lr1", "lr1_wd0", "lr1_oursched") + tuple(f"lr1_{a}" for a in NANOCHAT_ABLATIONS)
 
 
 def ablation_env(who: str) -> dict:
-    """`nanochat_lr1_nove`: lr1 with value embeddings off (NANOCHAT_ABLATIONS), in training and evaluation."""
+    """`nanochat_lr1_<ablation>`: lr1 with one of NANOCHAT_ABLATIONS' changes, in training and evaluation."""
     name = who.rsplit("_", 1)[-1]
     return {"NANOCHAT_ABLATION_CODE": NANOCHAT_ABLATIONS[name]} if nanochat(who) and name in NANOCHAT_ABLATIONS else {}
 
@@ -612,7 +643,9 @@ def main() -> None:
     p.add_argument("--variants", default="default,ncsched", help=f"our variants: {', '.join(OUR_VARIANTS)}")
     p.add_argument("--nanochat-variants", default="default",
                    help="nanochat's: default, lr1 (its base learning rates unscaled by the batch), lr1_wd0 (and no "
-                   "weight decay), lr1_oursched (and our LR schedule), lr1_nove (and no value embeddings)")
+                   "weight decay), lr1_oursched (and our LR schedule), lr1_nove (and no value embeddings), "
+                   "lr1_nolambda (and no residual/x0 scalars), lr1_nosmear, lr1_nobackout, lr1_ns (Newton–Schulz "
+                   "in place of Polar Express)")
     p.add_argument("--corpus-chars", type=int, default=32_000_000, help="stdlib characters (≈31.5M is all of it)")
     p.add_argument("--doc-chars", type=int, default=0, help="first cut of documents, characters (0: 2 × seq)")
     p.add_argument("--shards", type=int, default=8, help="parquet shards, the last held out")
