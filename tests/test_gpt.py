@@ -126,6 +126,8 @@ def test_fused_loss_matches_plain_loss_and_gradients(head_std):
         plain_error = (a.grad.double() - e.grad).abs().max().item() / scale
         fused_error = (b.grad.double() - e.grad).abs().max().item() / scale
         assert fused_error <= max(2 * plain_error, 2e-6), (name, fused_error, plain_error)
+        if head_std < 1:  # away from the cap the two fp32 losses also agree with each other, as before
+            assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6 * scale), name
     per_tok_p, per_tok_f = plain(x, y, reduction="none"), fused(x, y, reduction="none")
     assert per_tok_f.shape == (3 * 64,)
     assert torch.allclose(per_tok_p, per_tok_f, atol=1e-5)

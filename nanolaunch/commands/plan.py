@@ -9,8 +9,8 @@ import typer
 from nanolaunch import output as out
 from nanolaunch.commands.common import (BatchOpt, DataOpt, DataSplitOpt, GpuOpt, InfraOpt, IterationsOpt, JsonOpt,
                                         MaxCostOpt, MaxHoursOpt, ModelArg, NodesOpt, PresetOpt, RatioOpt, SpotOpt,
-                                        SeqOpt, TextColumnOpt, TotalBatchOpt, ValueEmbeddingsOpt, VocabOpt, check_limits, fixed_by,
-                                        resolve)
+                                        SeqOpt, TextColumnOpt, TotalBatchOpt, ValueEmbeddingsOpt, VocabOpt,
+                                        check_limits, fixed_by, resolve)
 from nanolaunch import calibration, disk, search
 from nanolaunch.planner import plan as make_plan
 
@@ -55,8 +55,8 @@ def plan(
                             "--gpu": gpu, "--batch": batch, "--max-cost": max_cost}
         return _budget(budget, plot, conflicting=chosen_elsewhere, max_hours=max_hours, mfu=mfu, as_json=as_json,
                        overrides=dict(infra=infra, nodes=nodes, seq_len=seq, total_batch=total_batch,
-                                      vocab_size=vocab, value_embeddings=value_embeddings, spot=spot, data=data, data_split=data_split,
-                                      text_column=text_column))
+                                      vocab_size=vocab, value_embeddings=value_embeddings, spot=spot, data=data,
+                                      data_split=data_split, text_column=text_column))
     config, chosen = resolve(model, preset, infra=infra, depth=depth, ratio=ratio, iterations=iterations, gpu=gpu, nodes=nodes,
                              device_batch=batch, seq_len=seq, total_batch=total_batch, vocab_size=vocab,
                              value_embeddings=value_embeddings,
@@ -175,8 +175,8 @@ def _summary(p: dict) -> list[str]:
     row("parameters", out.num(p["params"]),
         f"embedding {p['embedding_params']:,} + head {p['embedding_params']:,} + blocks {p['matrix_params']:,}"
         + (f" + value embeddings {value_embeds:,}" if value_embeds else ""))
-    row("FLOPs/token", out.num(p["flops_per_token"]), "6·(params − embedding" + (" − value embeddings" if value_embeds
-        else "") + ") + 12·L·heads·head_dim·T")
+    left_out = "embedding − value embeddings" if value_embeds else "embedding"
+    row("FLOPs/token", out.num(p["flops_per_token"]), f"6·(params − {left_out}) + 12·L·heads·head_dim·T")
     row("horizon", f"{p['iterations']:,} iterations × {p['total_batch']:,} tokens",
         f"{out.num(p['tokens'])} tokens = {p['tokens_per_param']:.1f} tokens/param")
     row("total FLOPs", out.sci(p["total_flops"]), "")
